@@ -1,0 +1,1 @@
+"""Faults stage of the harness."""

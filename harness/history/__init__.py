@@ -1,0 +1,1 @@
+"""History stage of the harness."""

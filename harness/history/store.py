@@ -1,0 +1,137 @@
+"""Append-only history files: the writer every process uses, and the reader checkers use."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.history.schema import SCHEMA_VERSION, Kind, Record, SchemaVersionError
+
+#: Environment variable that tells every process where the history lives.
+HISTORY_DIR_ENV = "CHAOS_HISTORY_DIR"
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.@-]+")
+
+
+class HistoryWriter:
+    """Writes records for one process to ``<dir>/<role>-<host>-<pid>.jsonl``.
+
+    Each record is serialised to one line and written with a single
+    ``os.write`` on an ``O_APPEND`` descriptor. The file is reopened after a
+    fork (the pid is part of the name), so prefork pool children each get
+    their own file with no shared offsets.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], role: str, host: str) -> None:
+        self.directory = Path(directory)
+        self.role = role
+        self.host = host
+        self._fd: int | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        """The file this process writes to."""
+        return self.directory / f"{_SAFE.sub('_', self.role)}-{_SAFE.sub('_', self.host)}-{os.getpid()}.jsonl"
+
+    def _descriptor(self) -> int:
+        pid = os.getpid()
+        if self._fd is None or self._pid != pid:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._pid = pid
+        return self._fd
+
+    def write(self, kind: Kind | str, **fields: Any) -> dict[str, Any]:
+        """Append one record and return it as written."""
+        rec: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "kind": kind.value if isinstance(kind, Kind) else kind,
+            "wall_ns": time.time_ns(),
+            "mono_ns": time.monotonic_ns(),
+            "pid": os.getpid(),
+            "host": self.host,
+            "role": self.role,
+        }
+        rec.update({k: v for k, v in fields.items() if v is not None})
+        line = (json.dumps(rec, separators=(",", ":"), default=str) + "\n").encode()
+        with self._lock:
+            os.write(self._descriptor(), line)
+        return rec
+
+    def close(self) -> None:
+        """Close the descriptor (a later write reopens it)."""
+        with self._lock:
+            if self._fd is not None and self._pid == os.getpid():
+                os.close(self._fd)
+            self._fd = None
+
+
+@dataclass
+class History:
+    """All records of one history directory, ordered by monotonic time."""
+
+    records: list[Record]
+    files: list[Path] = field(default_factory=list)
+    torn_lines: int = 0  # partial last lines from writers killed mid-write
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def of_kind(self, *kinds: Kind) -> list[Record]:
+        """Records whose kind is one of ``kinds``."""
+        wanted = set(kinds)
+        return [r for r in self.records if r.kind in wanted]
+
+    def for_task(self, task_id: str) -> list[Record]:
+        """Every record about one task id, in order."""
+        return [r for r in self.records if r.task_id == task_id]
+
+
+def parse_lines(lines: Iterable[str]) -> tuple[list[Record], int]:
+    """Parse JSON Lines into records; return them with the number of torn lines skipped."""
+    records: list[Record] = []
+    torn = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError:
+            torn += 1
+            continue
+        if int(raw.get("v", 1)) > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"history record has schema v{raw.get('v')}, this celery-chaos reads up to "
+                f"v{SCHEMA_VERSION}: upgrade celery-chaos"
+            )
+        records.append(Record.model_validate(raw))
+    return records, torn
+
+
+def read_history(directory: str | os.PathLike[str]) -> History:
+    """Read every ``*.jsonl`` file under ``directory`` into one ordered :class:`History`."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no history directory at {root}")
+    files = sorted(root.glob("*.jsonl"))
+    records: list[Record] = []
+    torn = 0
+    for path in files:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            recs, t = parse_lines(fh)
+        records.extend(recs)
+        torn += t
+    records.sort(key=lambda r: (r.mono_ns, r.wall_ns))
+    return History(records=records, files=files, torn_lines=torn)

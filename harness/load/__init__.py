@@ -1,0 +1,1 @@
+"""Load stage of the harness."""
