@@ -20,6 +20,11 @@ HISTORY_DIR_ENV = "CHAOS_HISTORY_DIR"
 _SAFE = re.compile(r"[^A-Za-z0-9_.@-]+")
 
 
+def history_file(directory: str | os.PathLike[str], role: str, host: str, pid: int) -> Path:
+    """The history file of one process: ``<dir>/<role>-<host>-<pid>.jsonl``."""
+    return Path(directory) / f"{_SAFE.sub('_', role)}-{_SAFE.sub('_', host)}-{pid}.jsonl"
+
+
 class HistoryWriter:
     """Writes records for one process to ``<dir>/<role>-<host>-<pid>.jsonl``.
 
@@ -40,7 +45,7 @@ class HistoryWriter:
     @property
     def path(self) -> Path:
         """The file this process writes to."""
-        return self.directory / f"{_SAFE.sub('_', self.role)}-{_SAFE.sub('_', self.host)}-{os.getpid()}.jsonl"
+        return history_file(self.directory, self.role, self.host, os.getpid())
 
     def _descriptor(self) -> int:
         pid = os.getpid()

@@ -1,0 +1,366 @@
+"""The queue checker: "what goes in must come out", per Celery task id.
+
+A pure function over a :class:`~harness.history.store.History`, modelled on
+Jepsen's ``total-queue`` checker but classifying by task id (a Celery retry
+republishes with the same id) and stricter about worker-lost failures. See
+``docs/checker.md`` for the semantics in prose.
+
+Everything here is one pass over the records plus sorting: O(n log n).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Literal
+
+from pydantic import BaseModel, Field, computed_field
+
+from harness.history.schema import Kind, Record
+from harness.history.store import History
+
+VerdictStr = Literal["valid", "invalid", "unknown"]
+DrainState = Literal["complete", "incomplete", "missing"]
+
+#: How many ids a problem string names before "... (+N more)".
+MAX_IDS_IN_MESSAGE = 10
+
+_OUTCOMES = frozenset({Kind.OK, Kind.INFO, Kind.FAIL})
+
+
+class QueueCounts(BaseModel):
+    """Sizes of every class of task id (each id counts once per class)."""
+
+    attempted: int = 0
+    acknowledged: int = 0
+    indeterminate: int = 0
+    publish_failed: int = 0
+    completed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    lost: int = 0
+    lost_worker_lost: int = 0
+    duplicated: int = 0
+    reexecuted: int = 0
+    unexpected: int = 0
+    recovered: int = 0
+    pending: int = 0
+    revoked: int = 0
+    rejected: int = 0
+
+
+class QueueCheckResult(BaseModel):
+    """The queue checker's verdict, counts, and the ids behind each anomaly.
+
+    Id lists are sorted. ``duplicated`` maps id -> number of completed
+    executions (> 1); ``reexecuted`` maps id -> number of ``started`` records (> 1).
+    ``failed`` lists completed ids none of whose completions succeeded (an
+    application exception); every other completed id counts as ``succeeded``.
+    """
+
+    valid: VerdictStr
+    exactly_once: bool = False
+    drain: DrainState = "missing"
+    counts: QueueCounts = Field(default_factory=QueueCounts)
+    lost: list[str] = Field(default_factory=list)
+    lost_worker_lost: list[str] = Field(default_factory=list)
+    pending: list[str] = Field(default_factory=list)
+    unexpected: list[str] = Field(default_factory=list)
+    duplicated: dict[str, int] = Field(default_factory=dict)
+    reexecuted: dict[str, int] = Field(default_factory=dict)
+    recovered: list[str] = Field(default_factory=list)
+    indeterminate: list[str] = Field(default_factory=list)
+    publish_failed: list[str] = Field(default_factory=list)
+    failed: list[str] = Field(default_factory=list)
+    revoked: list[str] = Field(default_factory=list)
+    rejected: list[str] = Field(default_factory=list)
+    torn_lines: int = 0
+    problems: list[str] = Field(default_factory=list)  # why the verdict is not valid
+    notes: list[str] = Field(default_factory=list)  # informational: not failures
+
+
+def is_completion(rec: Record) -> bool:
+    """A terminal execution: ``succeeded``, or ``failed`` with a non-worker-lost exception."""
+    return rec.kind is Kind.SUCCEEDED or (rec.kind is Kind.FAILED and not rec.is_worker_lost)
+
+
+def _drain_of(last: Record | None) -> DrainState:
+    if last is None:
+        return "missing"
+    return "complete" if last.detail.get("complete") is True else "incomplete"
+
+
+def drain_state(history: History) -> DrainState:
+    """State of the last ``drain`` record: complete, incomplete, or missing."""
+    last: Record | None = None
+    for rec in history.records:
+        if rec.kind is Kind.DRAIN:
+            last = rec
+    return _drain_of(last)
+
+
+def _ids_message(n: int, what: str, ids: Iterable[str]) -> str:
+    ids = list(ids)
+    shown = ", ".join(ids[:MAX_IDS_IN_MESSAGE])
+    more = f" ... (+{len(ids) - MAX_IDS_IN_MESSAGE} more)" if len(ids) > MAX_IDS_IN_MESSAGE else ""
+    return f"{n} {what}: {shown}{more}"
+
+
+def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckResult:
+    """Classify every task id in ``history`` and decide the queue verdict.
+
+    - attempted: any publish record (``invoke``, or a publish outcome) for the id.
+    - acknowledged: some publish ended ``ok``; else indeterminate: some publish
+      ended ``info``, or more ``invoke`` records than outcomes (a publish that never
+      completed: a crashed publisher, as in Jepsen); else publish_failed (only ``fail``).
+    - completed: ``succeeded`` or non-worker-lost ``failed``; lost: acknowledged,
+      not completed, not revoked/rejected; lost_worker_lost: lost ids that saw a
+      ``WorkerLostError``; duplicated: > 1 completion; unexpected: completed, never
+      attempted; recovered: completed, attempted, not acknowledged.
+    - Without a complete final drain, would-be lost ids are ``pending`` and the
+      verdict is at best ``unknown``.
+    - ``invalid`` on lost, unexpected, or (with ``exactly_once``) duplicated ids.
+    """
+    invokes: Counter[str] = Counter()
+    outcomes: dict[str, set[Kind]] = {}  # id -> publish outcomes seen (ok/info/fail)
+    n_outcomes: Counter[str] = Counter()
+    completions: Counter[str] = Counter()
+    succeeded: set[str] = set()
+    starts: Counter[str] = Counter()
+    worker_lost: set[str] = set()
+    revoked: set[str] = set()
+    rejected: set[str] = set()
+    last_drain: Record | None = None
+
+    for rec in history.records:
+        kind = rec.kind
+        if kind is Kind.DRAIN:
+            last_drain = rec
+            continue
+        tid = rec.task_id
+        if tid is None:
+            continue
+        if kind is Kind.INVOKE:
+            invokes[tid] += 1
+        elif kind in _OUTCOMES:
+            outcomes.setdefault(tid, set()).add(kind)
+            n_outcomes[tid] += 1
+        elif kind is Kind.SUCCEEDED:
+            completions[tid] += 1
+            succeeded.add(tid)
+        elif kind is Kind.FAILED:
+            if rec.is_worker_lost:
+                worker_lost.add(tid)
+            else:
+                completions[tid] += 1
+        elif kind is Kind.STARTED:
+            starts[tid] += 1
+        elif kind is Kind.REVOKED:
+            revoked.add(tid)
+        elif kind is Kind.REJECTED:
+            rejected.add(tid)
+
+    drain = _drain_of(last_drain)
+    # Per id: any ok -> acknowledged; else any info, or an invoke left open -> indeterminate;
+    # else (only fails) -> publish failed.
+    publish = invokes.keys() | outcomes.keys()
+    acknowledged: set[str] = set()
+    indeterminate: list[str] = []
+    publish_failed: list[str] = []
+    for t in sorted(publish):
+        seen = outcomes.get(t, set())
+        if Kind.OK in seen:
+            acknowledged.add(t)
+        elif Kind.INFO in seen or invokes[t] > n_outcomes[t]:
+            indeterminate.append(t)
+        else:
+            publish_failed.append(t)
+    completed = completions.keys()
+
+    missing = sorted(
+        t for t in acknowledged if t not in completed and t not in revoked and t not in rejected
+    )
+    if drain == "complete":
+        lost, pending = missing, []
+    else:
+        lost, pending = [], missing
+    lost_wl = [t for t in lost if t in worker_lost]
+    unexpected = sorted(t for t in completed if t not in publish)
+    recovered = sorted(t for t in completed if t in publish and t not in acknowledged)
+    duplicated = {t: completions[t] for t in sorted(completed) if completions[t] > 1}
+    reexecuted = {t: n for t, n in sorted(starts.items()) if n > 1}
+    failed = sorted(t for t in completed if t not in succeeded)
+
+    problems: list[str] = []
+    notes: list[str] = []
+    if lost:
+        problems.append(_ids_message(len(lost), "acknowledged tasks never completed", lost))
+    if lost_wl:
+        problems.append(
+            _ids_message(len(lost_wl), "of the lost tasks ended only in WorkerLostError", lost_wl)
+        )
+    if unexpected:
+        problems.append(
+            _ids_message(len(unexpected), "tasks completed but were never published", unexpected)
+        )
+    if duplicated:
+        msg = _ids_message(
+            len(duplicated),
+            "tasks completed more than once",
+            (f"{t} (x{n})" for t, n in duplicated.items()),
+        )
+        (problems if exactly_once else notes).append(msg)
+    if drain != "complete":
+        why = "no drain record" if drain == "missing" else "the final drain was incomplete"
+        problems.append(f"verdict cannot be valid: {why}")
+        if pending:
+            problems.append(
+                _ids_message(len(pending), "acknowledged tasks not completed (pending)", pending)
+            )
+    if recovered:
+        notes.append(
+            _ids_message(
+                len(recovered),
+                "tasks completed although their publish was not acknowledged",
+                recovered,
+            )
+        )
+    if reexecuted:
+        notes.append(
+            _ids_message(
+                len(reexecuted),
+                "tasks started more than once (retries or redeliveries)",
+                (f"{t} (x{n})" for t, n in reexecuted.items()),
+            )
+        )
+    if revoked:
+        notes.append(_ids_message(len(revoked), "tasks revoked", sorted(revoked)))
+    if rejected:
+        notes.append(_ids_message(len(rejected), "tasks rejected by a worker", sorted(rejected)))
+    if history.torn_lines:
+        notes.append(f"{history.torn_lines} torn history lines skipped")
+
+    definite = bool(unexpected) or (exactly_once and bool(duplicated))
+    if drain == "complete":
+        verdict: VerdictStr = "invalid" if (definite or lost) else "valid"
+    else:
+        verdict = "invalid" if definite else "unknown"
+
+    counts = QueueCounts(
+        attempted=len(publish),
+        acknowledged=len(acknowledged),
+        indeterminate=len(indeterminate),
+        publish_failed=len(publish_failed),
+        completed=len(completed),
+        succeeded=len(succeeded),
+        failed=len(failed),
+        lost=len(lost),
+        lost_worker_lost=len(lost_wl),
+        duplicated=len(duplicated),
+        reexecuted=len(reexecuted),
+        unexpected=len(unexpected),
+        recovered=len(recovered),
+        pending=len(pending),
+        revoked=len(revoked),
+        rejected=len(rejected),
+    )
+    return QueueCheckResult(
+        valid=verdict,
+        exactly_once=exactly_once,
+        drain=drain,
+        counts=counts,
+        lost=lost,
+        lost_worker_lost=lost_wl,
+        pending=pending,
+        unexpected=unexpected,
+        duplicated=duplicated,
+        reexecuted=reexecuted,
+        recovered=recovered,
+        indeterminate=indeterminate,
+        publish_failed=publish_failed,
+        failed=failed,
+        revoked=sorted(revoked),
+        rejected=sorted(rejected),
+        torn_lines=history.torn_lines,
+        problems=problems,
+        notes=notes,
+    )
+
+
+# -- latency and recovery time -------------------------------------------------------------
+
+
+class RecoveryTime(BaseModel):
+    """Recovery after one fault, measured on ``mono_ns``.
+
+    ``in_flight``: ids received or started before the fault and not terminal by
+    then. ``recovered``: those that completed after it. ``recovery_ns``: fault
+    to the last such completion (``None`` if none completed). ``not_completed``:
+    in-flight ids with no completion after the fault (lost, or still pending).
+    """
+
+    fault_mono_ns: int
+    in_flight: list[str] = Field(default_factory=list)
+    recovered: list[str] = Field(default_factory=list)
+    not_completed: list[str] = Field(default_factory=list)
+    recovery_ns: int | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def recovery_s(self) -> float | None:
+        """``recovery_ns`` in seconds."""
+        return None if self.recovery_ns is None else self.recovery_ns / 1e9
+
+
+def recovery_time(history: History, fault: Record | int) -> RecoveryTime:
+    """Time from ``fault`` (a record, or a ``mono_ns``) to the last completion of a task in flight.
+
+    A task is in flight at the fault if it had a ``received`` or ``started``
+    record at or before the fault time and no terminal record (completion,
+    ``revoked``, ``rejected``) by then. This measures e.g. redelivery latency
+    after a worker kill.
+    """
+    t0 = fault.mono_ns if isinstance(fault, Record) else int(fault)
+    seen: set[str] = set()
+    done_before: set[str] = set()
+    last_after: dict[str, int] = {}
+    for rec in history.records:
+        tid = rec.task_id
+        if tid is None:
+            continue
+        terminal = is_completion(rec) or rec.kind in (Kind.REVOKED, Kind.REJECTED)
+        if rec.mono_ns <= t0:
+            if rec.kind in (Kind.RECEIVED, Kind.STARTED):
+                seen.add(tid)
+            elif terminal:
+                done_before.add(tid)
+        elif is_completion(rec):
+            last_after[tid] = max(rec.mono_ns, last_after.get(tid, rec.mono_ns))
+    in_flight = sorted(seen - done_before)
+    recovered = [t for t in in_flight if t in last_after]
+    not_completed = [t for t in in_flight if t not in last_after]
+    end = max((last_after[t] for t in recovered), default=None)
+    return RecoveryTime(
+        fault_mono_ns=t0,
+        in_flight=in_flight,
+        recovered=recovered,
+        not_completed=not_completed,
+        recovery_ns=None if end is None else end - t0,
+    )
+
+
+def task_latencies(history: History) -> dict[str, int]:
+    """Per id: first ``started`` to final completion, in ns (completed ids with a start only)."""
+    first_start: dict[str, int] = {}
+    last_done: dict[str, int] = {}
+    for rec in history.records:
+        tid = rec.task_id
+        if tid is None:
+            continue
+        if rec.kind is Kind.STARTED:
+            if tid not in first_start or rec.mono_ns < first_start[tid]:
+                first_start[tid] = rec.mono_ns
+        elif is_completion(rec):
+            if tid not in last_done or rec.mono_ns > last_done[tid]:
+                last_done[tid] = rec.mono_ns
+    return {t: last_done[t] - first_start[t] for t in sorted(last_done) if t in first_start}

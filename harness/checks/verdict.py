@@ -1,0 +1,61 @@
+"""Combining invariants into one verdict.
+
+Each invariant checker returns an :class:`InvariantResult`; :func:`check_history`
+runs them all. The overall verdict is :meth:`Verdict.combine` of theirs:
+``invalid`` beats ``unknown`` beats ``valid``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from harness.checks.queue import check_queue
+from harness.history.store import History
+
+
+class Verdict(str, Enum):
+    """The outcome of one invariant, or of a whole run."""
+
+    VALID = "valid"
+    INVALID = "invalid"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def combine(cls, verdicts: Iterable[Verdict | str]) -> Verdict:
+        """The worst verdict: invalid > unknown > valid (``valid`` for no verdicts)."""
+        seen = {cls(v) for v in verdicts}
+        for worst in (cls.INVALID, cls.UNKNOWN):
+            if worst in seen:
+                return worst
+        return cls.VALID
+
+
+class InvariantResult(BaseModel):
+    """One invariant's verdict, a JSON-serialisable summary, and human-readable problems."""
+
+    name: str
+    verdict: Verdict
+    summary: dict[str, Any] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list)
+
+
+def overall(results: Iterable[InvariantResult]) -> Verdict:
+    """The combined verdict of several invariant results."""
+    return Verdict.combine(r.verdict for r in results)
+
+
+def check_history(history: History, *, exactly_once: bool = False) -> list[InvariantResult]:
+    """Run every invariant over ``history`` (for now: the queue checker)."""
+    queue = check_queue(history, exactly_once=exactly_once)
+    return [
+        InvariantResult(
+            name="queue",
+            verdict=Verdict(queue.valid),
+            summary=queue.model_dump(mode="json", exclude={"valid", "problems"}),
+            problems=queue.problems,
+        )
+    ]

@@ -1,0 +1,146 @@
+"""The ``celery-chaos`` command.
+
+- ``celery-chaos run [PYTEST ARGS...]``: run scenarios (default ``scenarios/``), writing a
+  run directory under ``reports/``.
+- ``celery-chaos analyze RUN_DIR|HISTORY_DIR``: re-judge stored histories.
+- ``celery-chaos toxiproxy [--host H] [--port P]``: the Toxiproxy-compatible fault proxy.
+
+Exit codes: 0 every invariant held (or every scenario ended as declared), 1 a
+violation, 2 a usage or infrastructure error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harness.errors import ChaosError, UsageError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="celery-chaos",
+        description="Chaos validation for Celery deployments: real brokers, real workers, "
+        "real faults, a recorded history and a checker.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run chaos scenarios (pytest) and write a run directory",
+                         add_help=False)  # fmt: skip
+    run.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    analyze = sub.add_parser("analyze", help="re-judge the stored history of a run")
+    analyze.add_argument("path", help="a run directory, a scenario directory or a history/ dir")
+    analyze.add_argument("--exactly-once", action="store_true",
+                         help="count duplicates as violations")  # fmt: skip
+    analyze.add_argument("--json", action="store_true", help="print the results as JSON")
+    proxy = sub.add_parser("toxiproxy", help="run the Toxiproxy-compatible fault proxy")
+    proxy.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    proxy.add_argument("--port", type=int, default=8474, help="API port (default 8474)")
+    return parser
+
+
+def cmd_run(pytest_args: list[str]) -> int:
+    """Run pytest with the plugin; default to the bundled ``scenarios/`` directory."""
+    import pytest
+
+    args = list(pytest_args)
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if not any(not a.startswith("-") for a in args):
+        default = Path("scenarios")
+        if not default.is_dir():
+            raise UsageError("no scenarios/ directory here: pass a path, e.g. "
+                             "`celery-chaos run path/to/scenarios`")  # fmt: skip
+        args.append(str(default))
+    code = int(pytest.main(args))
+    return {0: 0, 1: 1}.get(code, 2)
+
+
+def _scenario_dirs(path: Path) -> list[Path]:
+    if (path / "scenarios").is_dir():
+        return sorted(p for p in (path / "scenarios").iterdir() if (p / "history").is_dir())
+    if (path / "history").is_dir():
+        return [path]
+    if any(path.glob("*.jsonl")):
+        return [path.parent if path.name == "history" else path]
+    raise UsageError(f"{path} holds no history: give a run directory, a scenario directory "
+                     "or a history/ directory")  # fmt: skip
+
+
+def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
+    """Re-check every history under ``path``; compare with what each scenario declared."""
+    from harness.checks.verdict import Verdict, check_history
+    from harness.history.store import read_history
+    from harness.report.results import ScenarioResult
+
+    path = Path(path_str)
+    if not path.exists():
+        raise UsageError(f"no such directory: {path}")
+    code = 0
+    out = []
+    for sdir in _scenario_dirs(path):
+        hist_dir = sdir / "history" if (sdir / "history").is_dir() else sdir
+        history = read_history(hist_dir)
+        expect = "valid"
+        declared_once = exactly_once
+        result_file = sdir / "result.json"
+        if result_file.is_file():
+            stored = ScenarioResult.model_validate_json(result_file.read_text())
+            expect = stored.expect
+            declared_once = exactly_once or any(
+                i.summary.get("exactly_once") for i in stored.invariants
+            )
+        invariants = check_history(history, exactly_once=declared_once)
+        verdict = Verdict.combine(i.verdict for i in invariants)
+        as_declared = verdict.value == expect
+        if not as_declared:
+            code = max(code, 2 if verdict is Verdict.UNKNOWN else 1)
+        out.append({"scenario": sdir.name, "verdict": verdict.value, "expect": expect,
+                    "as_declared": as_declared,
+                    "invariants": [i.model_dump(mode="json") for i in invariants]})  # fmt: skip
+    if as_json:
+        print(json.dumps(out, indent=2))
+    else:
+        for item in out:
+            mark = "ok " if item["as_declared"] else "BAD"
+            print(f"{mark} {item['scenario']}: {item['verdict']} (declared {item['expect']})")
+            for inv in item["invariants"]:
+                for problem in inv["problems"]:
+                    print(f"      {inv['name']}: {problem}")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``celery-chaos`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if argv[:1] == ["run"]:  # everything after `run` belongs to pytest, --help included
+        try:
+            return cmd_run(argv[1:])
+        except ChaosError as exc:
+            print(f"celery-chaos: {exc}", file=sys.stderr)
+            return exc.exit_code
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "analyze":
+            return cmd_analyze(args.path, args.exactly_once, args.json)
+        if args.command == "toxiproxy":
+            from harness.faults.proxy.server import run as run_proxy
+
+            if not 0 < args.port < 65536:
+                raise UsageError(f"--port {args.port} is not a TCP port (1-65535)")
+            run_proxy(args.host, args.port)
+            return 0
+    except ChaosError as exc:
+        print(f"celery-chaos: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (OSError, ValueError) as exc:
+        print(f"celery-chaos: {exc}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The final drain: wait (bounded) until nothing more can come out of the deployment.
+
+The checker may call a task lost only when the system is quiescent, so after
+the load and the faults the harness waits until either every acknowledged task
+has a terminal record, or the broker holds nothing (no ready and no unacked
+messages in the scenario's queues) and the history has stopped growing for a
+settle period. If neither happens before the deadline the drain is recorded
+``complete: false`` and the checker's verdict can be no better than unknown.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.history.schema import Kind
+from harness.history.store import HistoryWriter, read_history
+
+#: Records after which a task id is done (a worker-lost failure may still be redelivered).
+_TERMINAL = {Kind.SUCCEEDED, Kind.FAILED, Kind.REVOKED, Kind.REJECTED}
+
+
+@dataclass
+class DrainResult:
+    """What the drain saw: whether it completed, how long it took, and what was left."""
+
+    complete: bool
+    seconds: float
+    reason: str
+    outstanding: int = 0
+    depths: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def outstanding_ids(history_dir: Path) -> tuple[set[str], int]:
+    """Acknowledged ids without a terminal record, and the history's record count."""
+    hist = read_history(history_dir)
+    acked: set[str] = set()
+    done: set[str] = set()
+    for rec in hist.records:
+        if rec.task_id is None:
+            continue
+        if rec.kind is Kind.OK:
+            acked.add(rec.task_id)
+        elif rec.kind in _TERMINAL and not rec.is_worker_lost:
+            done.add(rec.task_id)
+    return acked - done, len(hist.records)
+
+
+def drain(
+    history_dir: Path,
+    depths: Callable[[], dict[str, tuple[int, int]]],
+    *,
+    timeout: float = 60.0,
+    settle: float = 3.0,
+    poll: float = 0.25,
+    writer: HistoryWriter | None = None,
+) -> DrainResult:
+    """Wait until the deployment is quiescent; record and return the outcome.
+
+    ``depths`` returns ``{queue: (ready, unacked)}`` from the broker; an
+    exception from it (broker down) counts as "not empty".
+    """
+    start = time.monotonic()
+    last_count = -1
+    last_change = start
+    result: DrainResult | None = None
+    current: dict[str, tuple[int, int]] = {}
+    outstanding: set[str] = set()
+    while True:
+        now = time.monotonic()
+        outstanding, count = outstanding_ids(history_dir)
+        if count != last_count:
+            last_count, last_change = count, now
+        try:
+            current = depths()
+            empty = all(r == 0 and u == 0 for r, u in current.values())
+        except Exception as exc:  # noqa: BLE001 - a broker that cannot answer is not empty
+            current, empty = {"<error>": (-1, -1)}, False
+            reason_err = f"{type(exc).__name__}: {exc}"
+        else:
+            reason_err = ""
+        if not outstanding and empty:
+            result = DrainResult(True, now - start, "every acknowledged task completed")
+            break
+        if empty and now - last_change >= settle:
+            result = DrainResult(
+                True,
+                now - start,
+                f"broker empty and history quiet for {settle:.1f} s; "
+                f"{len(outstanding)} acknowledged task(s) never completed",
+                outstanding=len(outstanding),
+            )
+            break
+        if now - start >= timeout:
+            why = reason_err or f"{len(outstanding)} task(s) outstanding, broker depths {current}"
+            result = DrainResult(
+                False,
+                now - start,
+                f"drain timed out after {timeout:.0f} s: {why}",
+                outstanding=len(outstanding),
+            )
+            break
+        time.sleep(poll)
+    result.depths = current
+    if writer is not None:
+        writer.write(
+            Kind.DRAIN,
+            name="drain",
+            detail={
+                "complete": result.complete,
+                "seconds": round(result.seconds, 3),
+                "reason": result.reason,
+                "outstanding": result.outstanding,
+                "depths": {k: list(v) for k, v in current.items()},
+            },
+        )
+    return result

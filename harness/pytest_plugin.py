@@ -1,0 +1,176 @@
+"""The celery-chaos pytest plugin (entry point ``pytest11``).
+
+Adds ``--chaos-app``, ``--chaos-workload`` and ``--chaos-reports``, the
+``chaos`` fixture (one :class:`~harness.scenario.Scenario` per test), and
+writes the run directory (``verdict.json``, ``index.html``) at the end of a
+session that ran at least one scenario. Exit status: 0 when every scenario
+ended as declared, 1 on an unexpected verdict, 2 on an infrastructure error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ChaosError, InfrastructureError
+from harness.report.results import ScenarioResult
+
+DEFAULT_APP = "sample_app.app:app"
+DEFAULT_WORKLOAD = Path(__file__).resolve().parent.parent / "sample_app" / "workload.yaml"
+
+
+class ChaosSession:
+    """Per-session state: the run directory, shared brokers and every scenario's result."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.run_dir: Path | None = None
+        self.brokers = None
+        self.app = None
+        self.results: list[ScenarioResult] = []
+        self.infra_error = False
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def ensure_run_dir(self) -> Path:
+        """Create the run directory on first use (unit-test-only sessions create none)."""
+        if self.run_dir is None:
+            from harness.report.results import new_run_dir
+
+            base = self.config.getoption("chaos_reports") or os.environ.get(
+                "CHAOS_REPORTS_DIR", "reports"
+            )
+            self.run_dir = new_run_dir(base)
+        return self.run_dir
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("celery-chaos")
+    group.addoption(
+        "--chaos-app",
+        default=os.environ.get("CHAOS_APP", DEFAULT_APP),
+        help="Celery app under test, package.module:app (default: the sample app)",
+    )
+    group.addoption(
+        "--chaos-workload",
+        default=os.environ.get("CHAOS_WORKLOAD"),
+        help="workload YAML: a list of {name, args, kwargs, queue, weight}",
+    )
+    group.addoption(
+        "--chaos-reports",
+        default=None,
+        help="where run directories go (default: ./reports or $CHAOS_REPORTS_DIR)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "chaos: an end-to-end chaos scenario on real brokers and workers"
+    )
+    config._chaos = ChaosSession(config)  # type: ignore[attr-defined]
+
+
+def _session(config: pytest.Config) -> ChaosSession:
+    return config._chaos  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def chaos_session(request: pytest.FixtureRequest) -> Iterator[ChaosSession]:
+    """The session's run directory, brokers and app under test."""
+    from harness.load.workload import load_workload
+    from harness.scenario import AppUnderTest, SharedBrokers
+
+    sess = _session(request.config)
+    run_dir = sess.ensure_run_dir()
+    wl_path = request.config.getoption("chaos_workload")
+    app_spec = request.config.getoption("chaos_app")
+    if not wl_path and app_spec != DEFAULT_APP:
+        pytest.exit(f"--chaos-app {app_spec} needs --chaos-workload FILE "
+                    "(a list of {name, args, kwargs, queue, weight})", returncode=2)  # fmt: skip
+    try:
+        workload = load_workload(wl_path or DEFAULT_WORKLOAD)
+        sess.app = AppUnderTest.resolve(app_spec, workload)
+    except ChaosError as exc:
+        pytest.exit(f"celery-chaos: {exc}", returncode=2)
+    sess.brokers = SharedBrokers(run_dir)
+    try:
+        yield sess
+    finally:
+        sess.brokers.close()
+
+
+@pytest.fixture
+def chaos(request: pytest.FixtureRequest, chaos_session: ChaosSession) -> Iterator[object]:
+    """One scenario: deploy, load, inject faults, then ``check()`` for the verdict."""
+    from harness.scenario import Scenario
+
+    doc = (request.function.__doc__ or "").strip().splitlines()
+    assert chaos_session.run_dir is not None and chaos_session.app is not None
+    scenario = Scenario(
+        request.node.nodeid.split("::", 1)[-1],
+        chaos_session.run_dir,
+        chaos_session.app,
+        chaos_session.brokers,  # type: ignore[arg-type]
+        description=doc[0] if doc else "",
+    )
+    error: str | None = None
+    try:
+        yield scenario
+    except InfrastructureError as exc:
+        error = str(exc)
+        raise
+    finally:
+        rep = getattr(request.node, "_chaos_call_report", None)
+        if error is None and rep is not None and rep.failed and rep.longrepr is not None:
+            excinfo = getattr(rep, "_chaos_exc", None)
+            if isinstance(excinfo, InfrastructureError):
+                error = str(excinfo)
+        scenario.close(error=error)
+        if error:
+            chaos_session.infra_error = True
+        chaos_session.results.append(scenario.result)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    rep = yield
+    if call.when == "call":
+        item._chaos_call_report = rep  # type: ignore[attr-defined]
+        if call.excinfo is not None and isinstance(call.excinfo.value, InfrastructureError):
+            rep._chaos_exc = call.excinfo.value  # type: ignore[attr-defined]
+            rep.longrepr = f"celery-chaos infrastructure error: {call.excinfo.value}"
+    elif call.excinfo is not None and isinstance(call.excinfo.value, ChaosError):
+        _session(item.config).infra_error = True
+        rep.longrepr = f"celery-chaos: {call.excinfo.value}"
+    return rep
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    sess = _session(session.config)
+    if sess.run_dir is None:
+        return
+    from harness.report.html import write_index
+    from harness.report.results import RunVerdict, exit_code_for, run_verdict, versions, write_json
+
+    verdict, as_expected = run_verdict(sess.results)
+    code = exit_code_for(sess.results, sess.infra_error)
+    if code == 0 and int(exitstatus) not in (0, 5):
+        code = 1 if int(exitstatus) == 1 else 2
+    run = RunVerdict(
+        run_id=sess.run_dir.name,
+        started=sess.started,
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        verdict=verdict,
+        as_expected=as_expected,
+        exit_code=code,
+        versions=versions(),
+        scenarios=sess.results,
+    )
+    write_json(sess.run_dir / "verdict.json", run.model_dump(mode="json"))
+    write_index(sess.run_dir, run)
+    if code == 2:
+        session.exitstatus = 2
+    print(f"\ncelery-chaos: run directory {sess.run_dir} (verdict: {verdict.value})")

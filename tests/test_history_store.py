@@ -1,0 +1,132 @@
+"""The history store: writer/reader round trip, torn lines, merging, versions, fork safety."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.history.schema import SCHEMA_VERSION, Kind, Record, SchemaVersionError
+from harness.history.store import HistoryWriter, parse_lines, read_history
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    w = HistoryWriter(tmp_path, role="publisher", host="load gen/1")
+    written = [
+        w.write(Kind.INVOKE, task_id="a", task_name="t.add", args="(1, 2)"),
+        w.write(Kind.OK, task_id="a", confirmed=True, latency_ns=1234),
+        w.write(Kind.DRAIN, detail={"complete": True, "remaining": 0}),
+        w.write("fault", name="kill_worker", phase="start", target="w1@chaos", custom="kept"),
+    ]
+    w.close()
+    assert w.path.parent == tmp_path
+    assert w.path.name == f"publisher-load_gen_1-{os.getpid()}.jsonl"
+
+    h = read_history(tmp_path)
+    assert h.files == [w.path] and h.torn_lines == 0
+    assert [r.kind for r in h] == [Kind.INVOKE, Kind.OK, Kind.DRAIN, Kind.FAULT]
+    first = h.records[0]
+    assert (first.task_id, first.task_name, first.args, first.role) == ("a", "t.add", "(1, 2)",
+                                                                         "publisher")  # fmt: skip
+    assert first.v == SCHEMA_VERSION and first.pid == os.getpid()
+    assert h.records[1].confirmed is True and h.records[1].latency_ns == 1234
+    assert h.records[2].detail == {"complete": True, "remaining": 0}
+    assert h.records[3].model_extra == {"custom": "kept"}
+    assert h.records == [Record.model_validate(raw) for raw in written]
+    assert [r.task_id for r in h.for_task("a")] == ["a", "a"]
+    assert h.of_kind(Kind.OK, Kind.DRAIN) == h.records[1:3]
+
+
+def test_torn_last_line_is_skipped_and_counted(tmp_path: Path) -> None:
+    w = HistoryWriter(tmp_path, role="worker", host="w1@chaos")
+    w.write(Kind.STARTED, task_id="a")
+    w.write(Kind.SUCCEEDED, task_id="a")
+    w.close()
+    whole = w.path.read_bytes()
+    # SIGKILL mid-write: the last write(2) stopped half way, with no newline
+    w.path.write_bytes(whole + whole.splitlines(keepends=True)[0][:23])
+    h = read_history(tmp_path)
+    assert [r.kind for r in h] == [Kind.STARTED, Kind.SUCCEEDED]
+    assert h.torn_lines == 1
+
+
+def test_blank_lines_are_not_torn() -> None:
+    line = json.dumps({"kind": "ok", "wall_ns": 1, "mono_ns": 1, "pid": 1, "host": "h"})
+    records, torn = parse_lines(["\n", line + "\n", "   \n"])
+    assert len(records) == 1 and torn == 0
+
+
+def test_files_are_merged_in_monotonic_order(tmp_path: Path) -> None:
+    def line(kind: str, mono: int, host: str) -> str:
+        return json.dumps({"kind": kind, "wall_ns": 0, "mono_ns": mono, "pid": 7, "host": host})
+
+    (tmp_path / "worker-w1-1.jsonl").write_text(
+        "\n".join(line("started", m, "w1") for m in (10, 40, 50)) + "\n"
+    )
+    (tmp_path / "publisher-p-2.jsonl").write_text(
+        "\n".join(line("invoke", m, "p") for m in (5, 20, 45)) + "\n"
+    )
+    (tmp_path / "harness-h-3.jsonl").write_text(line("drain", 60, "h") + "\n" + '{"kind": "dr')
+    (tmp_path / "notes.txt").write_text("not a history file\n")
+    h = read_history(tmp_path)
+    assert [r.mono_ns for r in h] == [5, 10, 20, 40, 45, 50, 60]
+    assert [r.host for r in h] == ["p", "w1", "p", "w1", "p", "w1", "h"]
+    assert len(h.files) == 3 and h.torn_lines == 1
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    rec = {"v": SCHEMA_VERSION + 1, "kind": "ok", "wall_ns": 0, "mono_ns": 0, "pid": 1, "host": "h"}
+    (tmp_path / "publisher-p-1.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(SchemaVersionError, match="upgrade celery-chaos"):
+        read_history(tmp_path)
+    assert issubclass(SchemaVersionError, ValueError)
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_history(tmp_path / "nope")
+
+
+def test_writer_uses_o_append(tmp_path: Path) -> None:
+    w = HistoryWriter(tmp_path, role="worker", host="w1")
+    w.write(Kind.RECEIVED, task_id="a")
+    fd = w._descriptor()
+    assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
+    # two writers on one file interleave whole lines, never overwrite each other
+    other = HistoryWriter(tmp_path, role="worker", host="w1")
+    for i in range(50):
+        (w if i % 2 else other).write(Kind.STARTED, task_id=f"t{i}")
+    w.close()
+    other.close()
+    h = read_history(tmp_path)
+    assert len(h) == 51 and h.torn_lines == 0
+    assert sorted(r.task_id for r in h.of_kind(Kind.STARTED)) == sorted(f"t{i}" for i in range(50))
+
+
+def test_writer_reopens_after_fork(tmp_path: Path) -> None:
+    w = HistoryWriter(tmp_path, role="worker", host="w1@chaos")
+    w.write(Kind.RECEIVED, task_id="parent-before")
+    parent_path = w.path
+    pid = os.fork()
+    if pid == 0:  # child: must write to its own file, then leave without pytest's cleanup
+        code = 1
+        try:
+            w.write(Kind.STARTED, task_id="child")
+            code = 0 if w.path.name.endswith(f"-{os.getpid()}.jsonl") else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    w.write(Kind.RECEIVED, task_id="parent-after")
+    w.close()
+
+    child_path = tmp_path / f"worker-w1@chaos-{pid}.jsonl"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([parent_path.name, child_path.name])
+    child_lines = [json.loads(x) for x in child_path.read_text().splitlines()]
+    assert [(r["task_id"], r["pid"]) for r in child_lines] == [("child", pid)]
+    parent_lines = [json.loads(x) for x in parent_path.read_text().splitlines()]
+    assert [r["task_id"] for r in parent_lines] == ["parent-before", "parent-after"]
+    assert [r.task_id for r in read_history(tmp_path)] == ["parent-before", "child", "parent-after"]
