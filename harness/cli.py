@@ -26,13 +26,15 @@ def _parser() -> argparse.ArgumentParser:
         "real faults, a recorded history and a checker.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="run chaos scenarios (pytest) and write a run directory",
-                         add_help=False)  # fmt: skip
+    run = sub.add_parser(
+        "run", help="run chaos scenarios (pytest) and write a run directory", add_help=False
+    )
     run.add_argument("pytest_args", nargs=argparse.REMAINDER)
     analyze = sub.add_parser("analyze", help="re-judge the stored history of a run")
     analyze.add_argument("path", help="a run directory, a scenario directory or a history/ dir")
-    analyze.add_argument("--exactly-once", action="store_true",
-                         help="count duplicates as violations")  # fmt: skip
+    analyze.add_argument(
+        "--exactly-once", action="store_true", help="count duplicates as violations"
+    )
     analyze.add_argument("--json", action="store_true", help="print the results as JSON")
     proxy = sub.add_parser("toxiproxy", help="run the Toxiproxy-compatible fault proxy")
     proxy.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
@@ -50,8 +52,10 @@ def cmd_run(pytest_args: list[str]) -> int:
     if not any(not a.startswith("-") for a in args):
         default = Path("scenarios")
         if not default.is_dir():
-            raise UsageError("no scenarios/ directory here: pass a path, e.g. "
-                             "`celery-chaos run path/to/scenarios`")  # fmt: skip
+            raise UsageError(
+                "no scenarios/ directory here: pass a path, e.g. "
+                "`celery-chaos run path/to/scenarios`"
+            )
         args.append(str(default))
     code = int(pytest.main(args))
     return {0: 0, 1: 1}.get(code, 2)
@@ -64,8 +68,10 @@ def _scenario_dirs(path: Path) -> list[Path]:
         return [path]
     if any(path.glob("*.jsonl")):
         return [path.parent if path.name == "history" else path]
-    raise UsageError(f"{path} holds no history: give a run directory, a scenario directory "
-                     "or a history/ directory")  # fmt: skip
+    raise UsageError(
+        f"{path} holds no history: give a run directory, a scenario directory "
+        "or a history/ directory"
+    )
 
 
 def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
@@ -96,9 +102,15 @@ def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
         as_declared = verdict.value == expect
         if not as_declared:
             code = max(code, 2 if verdict is Verdict.UNKNOWN else 1)
-        out.append({"scenario": sdir.name, "verdict": verdict.value, "expect": expect,
-                    "as_declared": as_declared,
-                    "invariants": [i.model_dump(mode="json") for i in invariants]})  # fmt: skip
+        out.append(
+            {
+                "scenario": sdir.name,
+                "verdict": verdict.value,
+                "expect": expect,
+                "as_declared": as_declared,
+                "invariants": [i.model_dump(mode="json") for i in invariants],
+            }
+        )
     if as_json:
         print(json.dumps(out, indent=2))
     else:

@@ -88,8 +88,11 @@ def chaos_session(request: pytest.FixtureRequest) -> Iterator[ChaosSession]:
     wl_path = request.config.getoption("chaos_workload")
     app_spec = request.config.getoption("chaos_app")
     if not wl_path and app_spec != DEFAULT_APP:
-        pytest.exit(f"--chaos-app {app_spec} needs --chaos-workload FILE "
-                    "(a list of {name, args, kwargs, queue, weight})", returncode=2)  # fmt: skip
+        pytest.exit(
+            f"--chaos-app {app_spec} needs --chaos-workload FILE "
+            "(a list of {name, args, kwargs, queue, weight})",
+            returncode=2,
+        )
     try:
         workload = load_workload(wl_path or DEFAULT_WORKLOAD)
         sess.app = AppUnderTest.resolve(app_spec, workload)
@@ -156,9 +159,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from harness.report.results import RunVerdict, exit_code_for, run_verdict, versions, write_json
 
     verdict, as_expected = run_verdict(sess.results)
-    code = exit_code_for(sess.results, sess.infra_error)
-    if code == 0 and int(exitstatus) not in (0, 5):
-        code = 1 if int(exitstatus) == 1 else 2
+    status = int(exitstatus)
+    code = exit_code_for(sess.results, sess.infra_error, tests_failed=status == 1)
+    if code == 0 and status not in (0, 1, 5):
+        code = 2  # interrupted, internal or usage error
     run = RunVerdict(
         run_id=sess.run_dir.name,
         started=sess.started,

@@ -17,12 +17,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from harness.checks.queue import recovery_time
-from harness.checks.verdict import Verdict, check_history
+from harness.checks.verdict import Checker, Verdict, check_history
 from harness.deployment.app_loader import load_app
 from harness.deployment.brokers import RabbitMQServer, RedisServer
 from harness.deployment.drain import drain
@@ -210,8 +211,11 @@ class Scenario:
     def placeholders(self) -> dict[str, Any]:
         """Values for ``{placeholders}`` in workload files."""
         assert self.smtp is not None and self.http is not None
-        return {"http_base": self.http.base_url, "smtp_host": self.smtp.host,
-                "smtp_port": self.smtp.port}  # fmt: skip
+        return {
+            "http_base": self.http.base_url,
+            "smtp_host": self.smtp.host,
+            "smtp_port": self.smtp.port,
+        }
 
     def _process_env(self) -> dict[str, str]:
         assert self.smtp is not None
@@ -229,6 +233,8 @@ class Scenario:
             "SAMPLE_SMTP_PORT": str(self.smtp.port),
             "SAMPLE_REPORTS_DB": str(self.reports_db),
             "SAMPLE_REPORTS_DIR": str(self.dir / "services" / "reports"),
+            # Timing knob: retry in seconds, not the production minute (override with env=).
+            "SAMPLE_FETCH_RETRY_COUNTDOWN": "1",
             "PYTHONUNBUFFERED": "1",
         }
         env.update(self.extra_env)
@@ -256,8 +262,12 @@ class Scenario:
         """Start (or restart) a worker and record it."""
         worker = self.workers[name]
         worker.start()
-        self.writer.write(Kind.DEPLOYMENT, name="worker_started", target=name,
-                          detail={"pid": worker.pid, "children": worker.child_pids()})  # fmt: skip
+        self.writer.write(
+            Kind.DEPLOYMENT,
+            name="worker_started",
+            target=name,
+            detail={"pid": worker.pid, "children": worker.child_pids()},
+        )
         return worker
 
     def worker(self, name: str) -> Worker:
@@ -351,17 +361,27 @@ class Scenario:
         self,
         *,
         exactly_once: bool = False,
+        invariants: Iterable[Checker] = (),
         drain_timeout: float = 60.0,
         settle: float = 3.0,
     ) -> ScenarioResult:
-        """Join the loads, drain (bounded), check the history, and write ``result.json``."""
+        """Join the loads, drain (bounded), check the history, and write ``result.json``.
+
+        The queue invariant always runs; ``invariants`` adds the scenario's own checkers
+        (pure functions ``History -> InvariantResult``).
+        """
         for run in self.loads:
             run.wait()
-        drained = drain(self.history_dir, self.queue_depths, timeout=drain_timeout,
-                        settle=settle, writer=self.writer)  # fmt: skip
+        drained = drain(
+            self.history_dir,
+            self.queue_depths,
+            timeout=drain_timeout,
+            settle=settle,
+            writer=self.writer,
+        )
         history = read_history(self.history_dir)
-        invariants = check_history(history, exactly_once=exactly_once)
-        verdict = Verdict.combine(i.verdict for i in invariants)
+        results = check_history(history, exactly_once=exactly_once, extra=invariants)
+        verdict = Verdict.combine(i.verdict for i in results)
         metrics: dict[str, Any] = {
             "drain_s": round(drained.seconds, 2),
             "drain": drained.reason,
@@ -375,7 +395,8 @@ class Scenario:
             stats = run.stats()
             metrics[f"locust_{i}"] = {k: v for k, v in stats.items() if k != "by_task"}
         self.result.verdict = verdict
-        self.result.invariants = invariants
+        self.result.checked = True
+        self.result.invariants = results
         self.result.metrics = metrics
         self.save()
         return self.result

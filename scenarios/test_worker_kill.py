@@ -69,8 +69,7 @@ def _kill_mid_load(chaos: Scenario, target: str) -> list[str]:
 @pytest.mark.parametrize("target", ["main", "child"])
 def test_rabbitmq_acks_late_survives_kill(chaos: Scenario, target: str) -> None:
     """acks_late + reject_on_worker_lost on RabbitMQ: a killed worker loses nothing."""
-    chaos.deploy("rabbitmq", settings=_merge(CONFIRMS, ACKS_LATE), env=SLOW_TASKS,
-                 concurrency=4)  # fmt: skip
+    chaos.deploy("rabbitmq", settings=_merge(CONFIRMS, ACKS_LATE), env=SLOW_TASKS, concurrency=4)
     hit = _kill_mid_load(chaos, target)
     result = chaos.check()
     queue = result.invariants[0].summary
@@ -85,8 +84,13 @@ def test_rabbitmq_acks_late_survives_kill(chaos: Scenario, target: str) -> None:
 @pytest.mark.parametrize("target", ["main", "child"])
 def test_rabbitmq_early_ack_loses_tasks(chaos: Scenario, target: str) -> None:
     """Negative control: Celery's default early ack loses the tasks a killed worker was running."""
-    chaos.deploy("rabbitmq", settings=_merge(CONFIRMS, ACKS_EARLY), env=SLOW_TASKS,
-                 concurrency=4, expect="invalid")  # fmt: skip
+    chaos.deploy(
+        "rabbitmq",
+        settings=_merge(CONFIRMS, ACKS_EARLY),
+        env=SLOW_TASKS,
+        concurrency=4,
+        expect="invalid",
+    )
     hit = _kill_mid_load(chaos, target)
     result = chaos.check()
     queue = result.invariants[0].summary
@@ -100,8 +104,9 @@ def test_rabbitmq_early_ack_loses_tasks(chaos: Scenario, target: str) -> None:
 @pytest.mark.chaos
 def test_redis_acks_late_recovers_after_visibility_timeout(chaos: Scenario) -> None:
     """acks_late on Redis: a killed worker's tasks come back once the visibility timeout passes."""
-    chaos.deploy("redis", settings=_merge(ACKS_LATE, REDIS_FAST_RESTORE), env=SLOW_TASKS,
-                 concurrency=4)  # fmt: skip
+    chaos.deploy(
+        "redis", settings=_merge(ACKS_LATE, REDIS_FAST_RESTORE), env=SLOW_TASKS, concurrency=4
+    )
     hit = _kill_mid_load(chaos, "main")
     result = chaos.check(drain_timeout=60)
     queue = result.invariants[0].summary
@@ -116,8 +121,13 @@ def test_redis_acks_late_recovers_after_visibility_timeout(chaos: Scenario) -> N
 @pytest.mark.chaos
 def test_redis_early_ack_loses_tasks(chaos: Scenario) -> None:
     """Negative control on Redis: early ack loses the running tasks of a killed worker."""
-    chaos.deploy("redis", settings=_merge(ACKS_EARLY, REDIS_FAST_RESTORE), env=SLOW_TASKS,
-                 concurrency=4, expect="invalid")  # fmt: skip
+    chaos.deploy(
+        "redis",
+        settings=_merge(ACKS_EARLY, REDIS_FAST_RESTORE),
+        env=SLOW_TASKS,
+        concurrency=4,
+        expect="invalid",
+    )
     hit = _kill_mid_load(chaos, "main")
     result = chaos.check(drain_timeout=60)
     queue = result.invariants[0].summary

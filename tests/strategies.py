@@ -199,7 +199,7 @@ def _unacked(kind: Kind | None, completes: bool) -> FateFn:
 def _republished(draw: st.DrawFn) -> tuple[list[Event], Truth]:
     # the same id published several times (a client retrying its publish), then run once
     results = draw(st.lists(st.sampled_from([Kind.OK, Kind.INFO, Kind.FAIL, None]), min_size=2,
-                            max_size=3))  # fmt: skip
+                            max_size=3))
     events = [e for r in results for e in _pub(draw, r)]
     run, ok = _done(draw)
     truth: Truth = {"outcome": ok}

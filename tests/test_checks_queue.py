@@ -135,7 +135,7 @@ def rec(kind: Kind, task_id: str | None = None, **fields: Any) -> Record:
     return Record(
         kind=kind, wall_ns=0, mono_ns=next(_mono), pid=1, host=role, role=role,
         task_id=task_id, **fields,
-    )  # fmt: skip
+    )
 
 
 def drained(*records: Record, complete: bool = True) -> History:
@@ -263,7 +263,7 @@ def test_recovery_time_after_a_fault() -> None:
         rec(Kind.STARTED, "b"),
         rec(Kind.RECEIVED, "c"),  # reserved, not started
         rec(Kind.STARTED, "d"),
-    ]  # fmt: skip
+    ]
     fault = rec(Kind.FAULT, name="kill_worker", phase="start")
     after = [
         rec(Kind.FAILED, "b", exc_type="WorkerLostError"),
@@ -288,7 +288,7 @@ def test_recovery_time_after_a_fault() -> None:
 def test_task_latencies() -> None:
     s1, s2, done = rec(Kind.STARTED, "a"), rec(Kind.STARTED, "a"), rec(Kind.SUCCEEDED, "a")
     h = History(records=[s1, rec(Kind.FAILED, "a", exc_type="WorkerLostError"), s2, done,
-                         rec(Kind.STARTED, "b")])  # fmt: skip
+                         rec(Kind.STARTED, "b")])
     assert task_latencies(h) == {"a": done.mono_ns - s1.mono_ns}
 
 

@@ -30,7 +30,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert [r.kind for r in h] == [Kind.INVOKE, Kind.OK, Kind.DRAIN, Kind.FAULT]
     first = h.records[0]
     assert (first.task_id, first.task_name, first.args, first.role) == ("a", "t.add", "(1, 2)",
-                                                                         "publisher")  # fmt: skip
+                                                                         "publisher")
     assert first.v == SCHEMA_VERSION and first.pid == os.getpid()
     assert h.records[1].confirmed is True and h.records[1].latency_ns == 1234
     assert h.records[2].detail == {"complete": True, "remaining": 0}

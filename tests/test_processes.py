@@ -96,6 +96,19 @@ def test_missing_command_is_one_line_error(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_process_that_overwrites_its_environ_is_still_found(tmp_path: Path) -> None:
+    """redis-server's default proc title overwrites /proc/PID/environ (so the env marker);
+    processes this harness started are also found through their session."""
+    port = free_port()
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+           "--set-proc-title", "yes"]
+    proc = ManagedProcess("titled", cmd, tmp_path).start()
+    assert wait_for(lambda: "CHAOS_RUN_ID" not in psutil_env(proc.pid), 5)
+    assert count_processes(proc.marker) == 1 and count_processes() >= 1
+    proc.stop()
+    assert count_processes(proc.marker) == 0
+
+
 def test_free_port_and_clash() -> None:
     ports = {free_port() for _ in range(5)}
     assert len(ports) == 5
@@ -168,7 +181,8 @@ def test_no_process_survives_the_harness(harness_children, ending: str) -> None:
     assert wait_for(lambda: ready.exists() or proc.poll() is not None, 90), "child never ready"
     assert ready.exists(), (run_dir / "child.log").read_text()[-2000:]
     run_id = ready.read_text()
-    assert count_processes(run_id) >= 3  # redis-server, epmd, beam.smp (+ port programs)
+    names = {p.name() for p in find_processes(run_id)}
+    assert {"redis-server", "epmd", "beam.smp", "erl_child_setup"} <= names
 
     if ending in ("exit", "raise"):
         proc.stdin.write(f"{ending}\n".encode())

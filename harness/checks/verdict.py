@@ -7,7 +7,7 @@ runs them all. The overall verdict is :meth:`Verdict.combine` of theirs:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any
 
@@ -48,10 +48,16 @@ def overall(results: Iterable[InvariantResult]) -> Verdict:
     return Verdict.combine(r.verdict for r in results)
 
 
-def check_history(history: History, *, exactly_once: bool = False) -> list[InvariantResult]:
-    """Run every invariant over ``history`` (for now: the queue checker)."""
+#: An invariant: a pure function from a history to its result.
+Checker = Callable[[History], InvariantResult]
+
+
+def check_history(
+    history: History, *, exactly_once: bool = False, extra: Iterable[Checker] = ()
+) -> list[InvariantResult]:
+    """Run the queue invariant, then every ``extra`` invariant a scenario declares."""
     queue = check_queue(history, exactly_once=exactly_once)
-    return [
+    results = [
         InvariantResult(
             name="queue",
             verdict=Verdict(queue.valid),
@@ -59,3 +65,5 @@ def check_history(history: History, *, exactly_once: bool = False) -> list[Invar
             problems=queue.problems,
         )
     ]
+    results.extend(check(history) for check in extra)
+    return results

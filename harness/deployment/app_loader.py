@@ -10,6 +10,7 @@ app's own configuration says, then applies the reliability settings under test.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 from typing import Any
@@ -45,7 +46,7 @@ def load_app(spec: str) -> Celery:
         raise UsageError(
             f"{module_name!r} has no attribute {attr or 'app'!r} (--chaos-app {spec!r})"
         )
-    if callable(obj) and not isinstance(obj, Celery):
+    if inspect.isfunction(obj):  # an app factory
         obj = obj()
     if not isinstance(obj, Celery):
         raise UsageError(f"--chaos-app {spec!r} is a {type(obj).__name__}, not a Celery app")

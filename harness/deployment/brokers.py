@@ -456,7 +456,10 @@ class RedisServer:
 
     def restart(self, crash: bool = False) -> None:
         """Stop (or :meth:`crash`) and start again on the same port and data directory."""
-        self.crash() if crash else self.stop()
+        if crash:
+            self.crash()
+        else:
+            self.stop()
         self.start()
 
     def is_running(self) -> bool:

@@ -307,7 +307,6 @@ class ManagedProcess:
         """This process's ``CHAOS_PROC_ID``: pass it to :func:`count_processes`."""
         self._popen: subprocess.Popen[bytes] | None = None
         self._session: tuple[int, float] | None = None  # (session id, start time) of last run
-        self._returncode: int | None = None
 
     def __repr__(self) -> str:
         return f"<ManagedProcess {self.name} pid={self.pid} running={self.is_running()}>"
@@ -349,7 +348,6 @@ class ManagedProcess:
         executor.process = None
         with contextlib.suppress(psutil.Error):
             self._session = (self._popen.pid, psutil.Process(self._popen.pid).create_time())
-        self._returncode = None
         return self
 
     def wait_ready(self, check: Callable[[], bool], timeout: float = 30.0,
@@ -443,10 +441,10 @@ class ManagedProcess:
     @property
     def returncode(self) -> int | None:
         """Exit code of the last run (negative: killed by that signal), None while running."""
-        if self._popen is not None:
-            self._popen.poll()
-            return self._popen.returncode
-        return self._returncode
+        if self._popen is None:
+            return None
+        self._popen.poll()
+        return self._popen.returncode
 
     def is_running(self) -> bool:
         """True while the main process has not exited."""
@@ -469,7 +467,7 @@ class ManagedProcess:
     def wait_exit(self, timeout: float | None = None) -> int | None:
         """Wait for the main process to exit and reap it; exit code, or None on timeout."""
         if self._popen is None:
-            return self._returncode
+            return None
         try:
             return self._popen.wait(timeout)
         except subprocess.TimeoutExpired:

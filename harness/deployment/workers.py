@@ -44,12 +44,27 @@ class Worker:
     def command(self) -> list[str]:
         """The worker's command line."""
         return [
-            sys.executable, "-m", "celery", "-A", APP_TARGET, "worker",
-            "-n", self.name, "-Q", ",".join(self.queues),
-            "-c", str(self.concurrency), "-P", self.pool,
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "-l", "INFO", *self.extra_args,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            APP_TARGET,
+            "worker",
+            "-n",
+            self.name,
+            "-Q",
+            ",".join(self.queues),
+            "-c",
+            str(self.concurrency),
+            "-P",
+            self.pool,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "INFO",
+            *self.extra_args,
+        ]
 
     @property
     def pid(self) -> int:
@@ -126,10 +141,19 @@ class Beat:
     def command(self) -> list[str]:
         """The beat command line."""
         return [
-            sys.executable, "-m", "celery", "-A", APP_TARGET, "beat",
-            "-s", str(self.state_dir / f"{self.name}-schedule"),
-            "--pidfile=", "-l", "INFO", *self.extra_args,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            APP_TARGET,
+            "beat",
+            "-s",
+            str(self.state_dir / f"{self.name}-schedule"),
+            "--pidfile=",
+            "-l",
+            "INFO",
+            *self.extra_args,
+        ]
 
     def start(self, timeout: float = 20.0) -> None:
         """Start beat; ready once its log says it is starting."""

@@ -50,15 +50,36 @@ class LoadRun:
     def command(self) -> list[str]:
         """The locust command line."""
         return [
-            sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-            "-u", str(self.users), "-r", str(self.users), "-t", f"{int(self.duration)}s",
-            "--stop-timeout", "10", "--chaos-tasks", str(self.tasks),
-            "--chaos-rate", str(self.rate), "--only-summary", "--loglevel", "WARNING",
-            "--exit-code-on-error", "0",
-            "--json-file", str(self.out_dir / "locust"),
-            "--html", str(self.out_dir / "locust.html"),
-            "--csv", str(self.out_dir / "locust"),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "-u",
+            str(self.users),
+            "-r",
+            str(self.users),
+            "-t",
+            f"{int(self.duration)}s",
+            "--stop-timeout",
+            "10",
+            "--chaos-tasks",
+            str(self.tasks),
+            "--chaos-rate",
+            str(self.rate),
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+            "--exit-code-on-error",
+            "0",
+            "--json-file",
+            str(self.out_dir / "locust"),
+            "--html",
+            str(self.out_dir / "locust.html"),
+            "--csv",
+            str(self.out_dir / "locust"),
+        ]
 
     def start(self) -> LoadRun:
         """Start Locust in the background."""

@@ -41,6 +41,7 @@ class ScenarioResult(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
     expect: Expect = "valid"
     verdict: Verdict = Verdict.UNKNOWN
+    checked: bool = False  # False: the scenario stopped before its check ran
     invariants: list[InvariantResult] = Field(default_factory=list)
     metrics: dict[str, Any] = Field(default_factory=dict)
     history_dir: str = ""
@@ -50,7 +51,7 @@ class ScenarioResult(BaseModel):
     @property
     def as_expected(self) -> bool:
         """True when the verdict is the declared one (a negative control expects invalid)."""
-        return self.verdict.value == self.expect
+        return self.checked and self.verdict.value == self.expect
 
 
 class RunVerdict(BaseModel):
@@ -89,13 +90,22 @@ def run_verdict(results: list[ScenarioResult]) -> tuple[Verdict, bool]:
     return verdict, bool(results) and all(r.as_expected for r in results)
 
 
-def exit_code_for(results: list[ScenarioResult], infra_error: bool = False) -> int:
-    """0: every scenario as declared; 1: an invariant violated unexpectedly; 2: infrastructure."""
+def exit_code_for(
+    results: list[ScenarioResult], infra_error: bool = False, tests_failed: bool = False
+) -> int:
+    """0: every scenario as declared; 1: a violation or a failed test; 2: infrastructure.
+
+    A checked scenario whose verdict is ``unknown`` (the deployment never became quiet) is
+    an infrastructure outcome, not a pass.
+    """
     if infra_error or any(r.error for r in results):
         return 2
-    if any(not r.as_expected and r.verdict is Verdict.UNKNOWN for r in results):
+    checked = [r for r in results if r.checked]
+    if any(r.verdict is Verdict.UNKNOWN and r.expect != "unknown" for r in checked):
         return 2
-    return 0 if all(r.as_expected for r in results) else 1
+    if tests_failed or not all(r.as_expected for r in checked):
+        return 1
+    return 0
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -1,0 +1,161 @@
+"""Benchmarks of the walking skeleton (not run by CI; figures go in the closing note).
+
+1. Wall time of each worker-kill scenario (``scenarios/test_worker_kill.py``), from the
+   scenarios' own ``result.json`` and pytest's per-test durations. Target: <= 20 s each.
+2. The recorder's overhead: worker throughput (tasks/s) with the history recorder on and
+   off, in one run, on the same private Redis broker. Target: <= 5 %.
+
+Run: ``.venv/bin/python bench/bench_skeleton.py [--tasks 3000] [--rounds 3] [--skip-scenarios]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from celery import Celery
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from harness.deployment.brokers import RedisServer  # noqa: E402
+from harness.deployment.processes import ManagedProcess, kill_all  # noqa: E402
+
+
+def scenario_times() -> list[tuple[str, float, float]]:
+    """Run the kill scenarios once; return (name, scenario wall s, pytest call+setup s)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        junit = Path(tmp) / "junit.xml"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(ROOT / "scenarios" / "test_worker_kill.py"),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--chaos-reports",
+            str(Path(tmp) / "reports"),
+            f"--junitxml={junit}",
+        ]
+        subprocess.run(cmd, cwd=ROOT, check=False, capture_output=True)
+        (run_dir,) = list((Path(tmp) / "reports").iterdir())
+        verdict = json.loads((run_dir / "verdict.json").read_text())
+        import xml.etree.ElementTree as ET
+
+        junit_times = {
+            tc.get("name"): float(tc.get("time", 0)) for tc in ET.parse(junit).iter("testcase")
+        }
+        return [
+            (s["name"], s["metrics"].get("wall_s", float("nan")), junit_times.get(s["name"], 0.0))
+            for s in verdict["scenarios"]
+        ]
+
+
+def _drain_rate(redis: RedisServer, n: int, record: bool, run_dir: Path) -> float:
+    """Pre-fill ``n`` trivial tasks, start one worker, time until the queue is empty."""
+    broker = redis.url(0)
+    client = Celery("bench", broker=broker)
+    client.conf.task_default_queue = "bench"
+    redis.flushall()
+    with client.producer_or_acquire() as producer:
+        for i in range(n):
+            client.send_task("userapp.add", args=[i, 1], producer=producer)
+    env = {
+        "CHAOS_APP": "tests.userapp.app:app",
+        "CHAOS_BROKER_URL": broker,
+        "CHAOS_RESULT_BACKEND": "",
+        "CHAOS_CONF": json.dumps(
+            {"task_acks_late": True, "task_ignore_result": True, "worker_prefetch_multiplier": 16}
+        ),
+        "CHAOS_NODE_NAME": "bench@chaos",
+        "PYTHONPATH": str(ROOT),
+    }
+    if record:
+        env["CHAOS_HISTORY_DIR"] = str(run_dir / f"history-{time.monotonic_ns()}")
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "harness.deployment.celery_app:app",
+        "worker",
+        "-n",
+        "bench@chaos",
+        "-Q",
+        "bench",
+        "-c",
+        "2",
+        "-P",
+        "prefork",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-l",
+        "WARNING",
+    ]
+    proc = ManagedProcess(f"bench-worker-{int(record)}", cmd, run_dir, env=env)
+    t0 = time.monotonic()
+    proc.start()
+    with redis.client(0) as r:
+        while True:
+            ready = r.llen("bench")
+            unacked = r.hlen("unacked")
+            if ready == 0 and unacked == 0 and time.monotonic() - t0 > 0.5:
+                break
+            if not proc.is_running():
+                raise RuntimeError(f"bench worker exited; see {proc.log_path}")
+            time.sleep(0.01)
+    elapsed = time.monotonic() - t0
+    proc.stop(timeout=10)
+    return n / elapsed
+
+
+def recorder_overhead(tasks: int, rounds: int) -> tuple[list[float], list[float]]:
+    """Throughput with recording off and on, interleaved over ``rounds`` rounds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        redis = RedisServer(run_dir).start()
+        try:
+            _drain_rate(redis, 200, False, run_dir)  # warm-up (imports, page cache)
+            off, on = [], []
+            for _ in range(rounds):
+                off.append(_drain_rate(redis, tasks, False, run_dir))
+                on.append(_drain_rate(redis, tasks, True, run_dir))
+            return off, on
+        finally:
+            redis.stop()
+            kill_all()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-scenarios", action="store_true")
+    args = parser.parse_args()
+
+    if not args.skip_scenarios:
+        print("worker-kill scenarios (target <= 20 s each)")
+        print(f"  {'scenario':62} {'wall s':>7} {'pytest s':>9}")
+        for name, wall, total in scenario_times():
+            print(f"  {name:62} {wall:7.1f} {total:9.1f}")
+    off, on = recorder_overhead(args.tasks, args.rounds)
+    m_off, m_on = statistics.median(off), statistics.median(on)
+    print(
+        f"\nrecorder overhead, {args.tasks} trivial tasks x {args.rounds} rounds, "
+        "1 prefork worker (-c 2), Redis broker"
+    )
+    print(f"  recording off: {m_off:8.0f} tasks/s  (rounds: {', '.join(f'{x:.0f}' for x in off)})")
+    print(f"  recording on : {m_on:8.0f} tasks/s  (rounds: {', '.join(f'{x:.0f}' for x in on)})")
+    print(f"  overhead     : {100 * (1 - m_on / m_off):6.1f} %  (target <= 5 %)")
+
+
+if __name__ == "__main__":
+    main()

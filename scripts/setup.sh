@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Set up celery-chaos on a fresh Debian/Ubuntu machine: system packages when missing,
+# a virtual env at .venv/, and `pip install -e .[dev]`. Safe to run again: it skips what is done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+for pkg in ${EXTRA_APT_PACKAGES:-}; do need+=("$pkg"); done
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing system packages: ${need[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else
+      echo "setup: need root or sudo to install: ${need[*]}" >&2; exit 2; fi
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  # The Debian package tries to start a system-wide node; the harness never uses it.
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Stop any system-wide broker the packages may have started: the harness runs private ones.
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    $SUDO systemctl stop rabbitmq-server redis-server >/dev/null 2>&1 || true
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.celery-chaos-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: pip install -e .[dev]"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  touch "$stamp"
+fi

@@ -1,0 +1,63 @@
+"""The harness points any app at its own deployment, whatever the app's own config says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.deployment.app_loader import app_from_env, apply_harness_config, load_app
+from harness.errors import UsageError
+
+
+def test_user_app_broker_and_backend_are_overridden() -> None:
+    app = load_app("tests.userapp.app:app")
+    assert "rabbitmq.internal.example" in app.conf.broker_url
+    env = {
+        "CHAOS_APP": "tests.userapp.app:app",
+        "CHAOS_BROKER_URL": "amqp://guest:guest@127.0.0.1:5999/v1",
+        "CHAOS_RESULT_BACKEND": "redis://127.0.0.1:6999/1",
+        "CHAOS_CONF": json.dumps(
+            {"task_acks_late": True, "broker_transport_options": {"confirm_publish": True}}
+        ),
+    }
+    app = app_from_env(env)
+    assert app.conf.broker_url == "amqp://guest:guest@127.0.0.1:5999/v1"
+    assert app.conf.result_backend == "redis://127.0.0.1:6999/1"
+    assert app.conf.task_acks_late is True
+    assert app.conf.broker_transport_options["confirm_publish"] is True
+    # The app's own routing survives.
+    assert app.conf.task_routes["userapp.resize_image"] == {"queue": "images"}
+
+
+def test_transport_options_are_merged_not_replaced() -> None:
+    app = load_app("tests.userapp.app:app")
+    app.conf.broker_transport_options = {"visibility_timeout": 100, "keep": 1}
+    apply_harness_config(
+        app,
+        broker_url=None,
+        result_backend=None,
+        settings={"broker_transport_options": {"visibility_timeout": 5}},
+    )
+    assert app.conf.broker_transport_options == {"visibility_timeout": 5, "keep": 1}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "bad app path"),
+        ("no_such_module_xyz:app", "cannot import"),
+        ("tests.userapp.app:nope", "has no attribute"),
+        ("tests.userapp.app:resize_image", "not a Celery app"),
+    ],
+)
+def test_bad_app_paths_give_one_line_errors(spec: str, message: str) -> None:
+    with pytest.raises(UsageError) as err:
+        load_app(spec)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_chaos_conf_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="CHAOS_CONF"):
+        app_from_env({"CHAOS_APP": "tests.userapp.app:app", "CHAOS_CONF": "{nope"})
