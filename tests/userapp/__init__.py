@@ -1,1 +1,1 @@
-"""A small third-party-style Celery app used to prove the harness runs apps that are not the sample."""
+"""A small third-party-style Celery app: proves the harness runs apps other than the sample."""

@@ -14,7 +14,13 @@ from decimal import Decimal
 from typing import Any
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-GO_TYPES = {"string": "string", "bool": "bool", "int64": "int64", "int": "int", "float32": "float32"}
+GO_TYPES = {
+    "string": "string",
+    "bool": "bool",
+    "int64": "int64",
+    "int": "int",
+    "float32": "float32",
+}
 
 
 class DecodeError(ValueError):
@@ -55,7 +61,7 @@ def _fix_surrogates(value: Any) -> Any:
 
 
 def loads_first(raw: bytes) -> Any:
-    """Decode the first JSON value of ``raw`` like ``json.Decoder.Decode``; trailing bytes ignored."""
+    """Decode the first JSON value of ``raw`` like Go's ``Decoder.Decode``; the rest is ignored."""
     text = raw.decode("utf-8", "replace").lstrip(" \t\r\n")
     if not text:
         raise DecodeError("EOF")
@@ -96,7 +102,11 @@ def _convert(value: Any, kind: str) -> Any:
     if kind == "bool":
         return value if isinstance(value, bool) else None
     if kind in ("int64", "int"):
-        if isinstance(value, bool) or isinstance(value, _FloatLiteral) or not isinstance(value, int):
+        if (
+            isinstance(value, bool)
+            or isinstance(value, _FloatLiteral)
+            or not isinstance(value, int)
+        ):
             return None
         return value if INT64_MIN <= value <= INT64_MAX else None
     if kind == "float32":
@@ -123,7 +133,9 @@ def decode_struct(
     if value is None:
         return out
     if not isinstance(value, dict):
-        raise DecodeError(f"json: cannot unmarshal {json_kind(value)} into Go value of type {go_type}")
+        raise DecodeError(
+            f"json: cannot unmarshal {json_kind(value)} into Go value of type {go_type}"
+        )
     folded = {name.casefold(): name for name in fields}
     first_error: DecodeError | None = None
     for key, item in value.items():
@@ -156,7 +168,7 @@ class Float32:
 
 
 def format_float32(value: float) -> str:
-    """Format a float32 like Go's ``encoding/json``: shortest round-trip digits, ``1`` not ``1.0``."""
+    """Format a float32 like Go's encoder: shortest round-trip digits, ``1`` not ``1.0``."""
     packed = struct.pack("f", value)
     f32 = struct.unpack("f", packed)[0]
     if f32 == 0:

@@ -71,7 +71,7 @@ class StubAPI(Protocol):
     def unread(self, item: Item) -> None: ...
 
 
-@dataclass
+@dataclass(eq=False)
 class Toxic:
     """A configured toxic: shared by every link of its proxy in its direction."""
 
