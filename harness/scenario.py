@@ -43,6 +43,18 @@ BrokerKind = Literal["rabbitmq", "redis"]
 _ENDS = {Kind.SUCCEEDED, Kind.FAILED, Kind.RETRIED}
 
 
+#: Where to find the broker binaries when they are not where the Debian packages put them.
+RABBITMQ_BIN_ENV = "CHAOS_RABBITMQ_BIN_DIR"
+REDIS_SERVER_ENV = "CHAOS_REDIS_SERVER"
+
+
+def redis_server(run_dir: Path, **kwargs: Any) -> RedisServer:
+    """A :class:`RedisServer` using ``$CHAOS_REDIS_SERVER`` as the binary when set."""
+    return RedisServer(
+        run_dir, executable=os.environ.get(REDIS_SERVER_ENV, "redis-server"), **kwargs
+    )
+
+
 @dataclass
 class SharedBrokers:
     """Brokers shared by the scenarios of one session, started on first use.
@@ -60,14 +72,17 @@ class SharedBrokers:
     def rabbitmq(self) -> RabbitMQServer:
         """The session's RabbitMQ node."""
         if self._rabbit is None:
-            self._rabbit = RabbitMQServer(self.root.resolve() / "brokers")
+            self._rabbit = RabbitMQServer(
+                self.root.resolve() / "brokers",
+                bin_dir=os.environ.get(RABBITMQ_BIN_ENV, "/usr/lib/rabbitmq/bin"),
+            )
             self._rabbit.start()
         return self._rabbit
 
     def results_redis(self) -> RedisServer:
         """The session's Redis server for result backends."""
         if self._redis is None:
-            self._redis = RedisServer(self.root.resolve() / "brokers", name="redis-results")
+            self._redis = redis_server(self.root.resolve() / "brokers", name="redis-results")
             self._redis.start()
         return self._redis
 
@@ -182,7 +197,7 @@ class Scenario:
             self.broker_url = rabbit.url(self.vhost)
             self.backend_url = self.brokers.results_redis().url(1)
         elif broker == "redis":
-            self.broker = RedisServer(self.dir.resolve(), persistence=redis_persistence)
+            self.broker = redis_server(self.dir.resolve(), persistence=redis_persistence)
             self.broker.start()
             self.broker_url = self.broker.url(0)
             self.backend_url = self.broker.url(1)

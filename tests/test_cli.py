@@ -1,0 +1,107 @@
+"""The command line: one-line errors with exit 2, analyze's verdicts, run directories kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.history.schema import Kind
+from harness.history.store import HistoryWriter
+from harness.report.results import new_run_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _history(path: Path, *, lose: bool) -> Path:
+    """A small history: three published tasks, one of them lost when ``lose``."""
+    hist = path / "history"
+    pub = HistoryWriter(hist, "publisher", "publisher")
+    wrk = HistoryWriter(hist, "worker", "w1@chaos")
+    for i in range(3):
+        tid = f"t{i}"
+        pub.write(Kind.INVOKE, task_id=tid, task_name="x")
+        pub.write(Kind.OK, task_id=tid, task_name="x", confirmed=True)
+        wrk.write(Kind.STARTED, task_id=tid, task_name="x")
+        if not (lose and i == 0):
+            wrk.write(Kind.SUCCEEDED, task_id=tid, task_name="x")
+    HistoryWriter(hist, "harness", "harness").write(Kind.DRAIN, detail={"complete": True})
+    return hist
+
+
+def test_analyze_valid_and_invalid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", str(_history(tmp_path / "good", lose=False))]) == 0
+    assert main(["analyze", str(_history(tmp_path / "bad", lose=True))]) == 1
+    out = capsys.readouterr().out
+    assert "BAD" in out and "t0" in out
+
+
+def test_analyze_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "--json", str(tmp_path / "bad" / ".." / "bad")]) == 2
+    capsys.readouterr()
+    _history(tmp_path / "bad", lose=True)
+    assert main(["analyze", "--json", str(tmp_path / "bad")]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data[0]["verdict"] == "invalid"
+    assert data[0]["invariants"][0]["summary"]["lost"] == ["t0"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["analyze", "/no/such/run"],
+        ["analyze", "/"],
+        ["toxiproxy", "--port", "70000"],
+    ],
+)
+def test_bad_input_is_one_line_exit_2(argv: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", *argv], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_run_directories_are_never_reused(tmp_path: Path) -> None:
+    dirs = {new_run_dir(tmp_path) for _ in range(20)}
+    assert len(dirs) == 20
+
+
+def test_missing_broker_binary_is_one_line_exit_2(tmp_path: Path) -> None:
+    """A missing redis-server: the scenario stops with one line naming the fix, exit 2."""
+    (tmp_path / "test_one.py").write_text(
+        "def test_redis(chaos):\n    chaos.deploy('redis', workers=1)\n"
+    )
+    env = {**os.environ, "CHAOS_REDIS_SERVER": "redis-server-not-installed-here"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "run",
+            str(tmp_path / "test_one.py"),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--chaos-reports",
+            str(tmp_path / "reports"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    lines = [line for line in out.splitlines() if "not found" in line]
+    assert lines and "apt-get install" in lines[0], out
+    (run_dir,) = list((tmp_path / "reports").iterdir())
+    assert json.loads((run_dir / "verdict.json").read_text())["exit_code"] == 2
