@@ -1,0 +1,88 @@
+"""The load generator: publish outcomes, and the locustfile run standalone as a user would."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from kombu.exceptions import EncodeError, OperationalError
+
+from harness.deployment.brokers import RedisServer
+from harness.history.schema import Kind
+from harness.history.store import read_history
+from harness.load.publisher import classify_publish_error
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _chained(outer: Exception, inner: BaseException) -> Exception:
+    outer.__cause__ = inner
+    return outer
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), Kind.FAIL),
+        (_chained(OperationalError("x"), ConnectionRefusedError()), Kind.FAIL),
+        (EncodeError("cannot serialize"), Kind.FAIL),
+        (TimeoutError("timed out"), Kind.INFO),
+        (ConnectionResetError(errno.ECONNRESET, "reset"), Kind.INFO),
+        (OperationalError("Connection lost mid-publish"), Kind.INFO),
+    ],
+)
+def test_publish_outcome_classification(exc: BaseException, kind: Kind) -> None:
+    assert classify_publish_error(exc) is kind
+
+
+def test_locustfile_runs_standalone(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path).start()
+    try:
+        hist = tmp_path / "history"
+        env = {
+            **os.environ,
+            "CHAOS_APP": "tests.userapp.app:app",
+            "CHAOS_BROKER_URL": redis.url(0),
+            "CHAOS_RESULT_BACKEND": redis.url(1),
+            "CHAOS_HISTORY_DIR": str(hist),
+            "PYTHONPATH": str(ROOT),
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(ROOT / "harness" / "load" / "locustfile.py"),
+            "--headless",
+            "-u",
+            "3",
+            "-r",
+            "3",
+            "-t",
+            "30s",
+            "--only-summary",
+            "--chaos-workload",
+            str(ROOT / "tests" / "userapp" / "workload.yaml"),
+            "--chaos-tasks",
+            "25",
+            "--chaos-rate",
+            "100",
+            "--json-file",
+            str(tmp_path / "stats"),
+        ]
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=90)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        kinds = Counter(r.kind for r in read_history(hist))
+        assert kinds[Kind.INVOKE] == 25 and kinds[Kind.OK] == 25
+        stats = json.loads((tmp_path / "stats.json").read_text())
+        assert sum(e["num_requests"] for e in stats) == 25
+        with redis.client(0) as client:  # the messages really are on the broker
+            assert client.llen("images") + client.llen("celery") == 25
+    finally:
+        redis.stop()
