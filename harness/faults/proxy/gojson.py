@@ -9,6 +9,7 @@ reject ``100.0``, ``1e3``, ``true`` and ``"100"``. Encoding is compact, escapes 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from decimal import Decimal
 from typing import Any
@@ -113,9 +114,10 @@ def _convert(value: Any, kind: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
         try:
-            return struct.unpack("f", struct.pack("f", float(value)))[0]
+            f32 = struct.unpack("f", struct.pack("f", float(value)))[0]
         except OverflowError:
             return None
+        return None if math.isinf(f32) else f32  # out of float32 range: Go refuses it
     if kind == "object":
         return value if isinstance(value, dict) else None
     raise ValueError(f"unknown field kind {kind}")

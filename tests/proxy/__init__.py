@@ -1,0 +1,1 @@
+"""Tests for the embedded Toxiproxy-compatible fault proxy (harness.faults.proxy)."""
