@@ -4,6 +4,8 @@
   run directory under ``reports/``.
 - ``celery-chaos analyze RUN_DIR|HISTORY_DIR``: re-judge stored histories.
 - ``celery-chaos toxiproxy [--host H] [--port P]``: the Toxiproxy-compatible fault proxy.
+- ``celery-chaos load --users N --spawn-rate R --duration T [--fault SPEC ...]``: a load
+  test with an optional fault schedule, writing the same report (docs/report.md).
 
 Exit codes: 0 every invariant held (or every scenario ended as declared), 1 a
 violation, 2 a usage or infrastructure error.
@@ -39,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     proxy = sub.add_parser("toxiproxy", help="run the Toxiproxy-compatible fault proxy")
     proxy.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     proxy.add_argument("--port", type=int, default=8474, help="API port (default 8474)")
+    from harness.load.command import add_arguments as add_load_arguments
+
+    add_load_arguments(
+        sub.add_parser("load", help="a Locust load test with optional faults, and its report")
+    )
     return parser
 
 
@@ -123,6 +130,14 @@ def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
     return code
 
 
+def cmd_load(args: argparse.Namespace, argv: list[str]) -> int:
+    """``celery-chaos load``: see :mod:`harness.load.command`."""
+    from harness.load.command import main as load_main
+
+    args.argv = argv
+    return load_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``celery-chaos`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -137,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "analyze":
             return cmd_analyze(args.path, args.exactly_once, args.json)
+        if args.command == "load":
+            return cmd_load(args, argv[1:])
         if args.command == "toxiproxy":
             from harness.faults.proxy.server import run as run_proxy
 

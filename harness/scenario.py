@@ -27,15 +27,19 @@ from harness.checks.verdict import Checker, Verdict, check_history
 from harness.deployment.app_loader import load_app
 from harness.deployment.brokers import RabbitMQServer, RedisServer
 from harness.deployment.drain import drain
+from harness.deployment.links import LinkProxies
 from harness.deployment.sinks import FlakyHttpServer, SmtpSink, seed_reports_db
 from harness.deployment.workers import Beat, Worker
 from harness.errors import InfrastructureError
+from harness.faults.network import NetworkFaults
 from harness.faults.process import FaultInjector
 from harness.history.schema import Kind, Record
 from harness.history.store import HISTORY_DIR_ENV, HistoryWriter, read_history
 from harness.load.runner import LoadRun
 from harness.load.workload import Workload
+from harness.report.deployment import annotate
 from harness.report.results import ScenarioResult, safe_name, write_json
+from harness.report.sampler import QueueDepthSampler
 
 BrokerKind = Literal["rabbitmq", "redis"]
 
@@ -168,6 +172,9 @@ class Scenario:
         self.env: dict[str, str] = {}
         self.extra_env: dict[str, str] = {}
         self._closed = False
+        self.sampler: QueueDepthSampler | None = None  # queue depth into the history
+        self.links: LinkProxies | None = None  # per-link proxies (deploy(proxied=True))
+        self.net: NetworkFaults | None = None  # network faults on those links
 
     # -- deployment ------------------------------------------------------------------------
 
@@ -182,6 +189,7 @@ class Scenario:
         env: dict[str, str] | None = None,
         redis_persistence: str = "none",
         expect: Literal["valid", "invalid"] = "valid",
+        proxied: bool = False,
     ) -> Scenario:
         """Start the broker, the local services and ``workers`` workers (``w1@chaos``...)."""
         self.broker_kind = broker
@@ -205,12 +213,18 @@ class Scenario:
             raise InfrastructureError(f"unknown broker {broker!r}: use rabbitmq or redis")
         self._start_services()
         self.env = self._process_env()
+        if proxied:
+            self.links = LinkProxies(self.dir / "proxy").start()
+            self.net = NetworkFaults(self.links, self.writer)
         self.writer.write(
             Kind.SCENARIO,
             name=self.name,
             phase="start",
             detail={"broker": broker, "settings": self.settings, "app": self.app.spec},
         )
+        self.sampler = QueueDepthSampler(
+            self.writer, self.broker_url, self.app.queues, target=broker
+        ).start()
         for i in range(1, workers + 1):
             self.add_worker(f"w{i}@chaos", concurrency=concurrency, pool=pool)
         return self
@@ -255,6 +269,21 @@ class Scenario:
         env.update(self.extra_env)
         return env
 
+    def env_for(self, node: str) -> dict[str, str]:
+        """The environment of one process; with proxies, its broker and backend links.
+
+        ``node`` is ``w1@chaos``, ``publisher``, ``beat``...: the link names are
+        ``<node>-broker`` and ``<node>-backend`` (``w1-broker`` for ``w1@chaos``).
+        """
+        if self.links is None:
+            return self.env
+        short = node.split("@")[0]
+        env = dict(self.env)
+        env["CHAOS_BROKER_URL"] = self.links.url(f"{short}-broker", self.broker_url)
+        if self.backend_url:
+            env["CHAOS_RESULT_BACKEND"] = self.links.url(f"{short}-backend", self.backend_url)
+        return env
+
     def add_worker(
         self, name: str, *, concurrency: int = 2, pool: str = "prefork", start: bool = True
     ) -> Worker:
@@ -262,7 +291,7 @@ class Scenario:
         worker = Worker(
             name,
             queues=self.app.queues,
-            env=self.env,
+            env=self.env_for(name),
             log_dir=self.log_dir,
             history_dir=self.history_dir,
             concurrency=concurrency,
@@ -305,7 +334,7 @@ class Scenario:
         wl = (workload or self.app.workload).render(self.placeholders())
         run = LoadRun(
             workload=wl,
-            env=self.env,
+            env=self.env_for("publisher"),
             out_dir=self.dir / f"load-{len(self.loads) + 1}",
             tasks=tasks,
             rate=rate,
@@ -418,6 +447,7 @@ class Scenario:
 
     def save(self) -> None:
         """Write ``result.json`` for this scenario."""
+        annotate(self)  # the deployment as run and the faults injected, for reports
         write_json(self.dir / "result.json", self.result.model_dump(mode="json"))
 
     def close(self, error: str | None = None) -> None:
@@ -428,11 +458,16 @@ class Scenario:
         if error and not self.result.error:
             self.result.error = error
         steps: list[Any] = [run.stop for run in self.loads]
+        steps += [self.sampler.stop] if self.sampler is not None else []
         steps += [b.stop for b in self.beats.values()]
         steps += [w.stop for w in self.workers.values()]
         if self.broker_kind == "redis" and self.broker is not None:
             steps.append(self.broker.stop)
         steps += [s.stop for s in (self.smtp, self.http) if s is not None]
+        if self.net is not None:
+            steps.insert(0, self.net.heal)
+        if self.links is not None:
+            steps.append(self.links.stop)
         for step in steps:
             try:
                 step()

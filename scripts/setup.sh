@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need=()
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# Headless Chromium opens generated reports in the report tests (tests/test_report_browser.py).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 for pkg in ${EXTRA_APT_PACKAGES:-}; do need+=("$pkg"); done
 

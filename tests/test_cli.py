@@ -103,5 +103,5 @@ def test_missing_broker_binary_is_one_line_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in out
     lines = [line for line in out.splitlines() if "not found" in line]
     assert lines and "apt-get install" in lines[0], out
-    (run_dir,) = list((tmp_path / "reports").iterdir())
+    (run_dir,) = [p.parent for p in (tmp_path / "reports").glob("*/verdict.json")]
     assert json.loads((run_dir / "verdict.json").read_text())["exit_code"] == 2

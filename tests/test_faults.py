@@ -55,7 +55,10 @@ def test_fault_verbs(scenario: Scenario) -> None:
 
     # Pause / resume: the main process is stopped inside the window, running after it.
     with sc.faults.paused(w1):
-        assert psutil.Process(w1.pid).status() == psutil.STATUS_STOPPED
+        deadline = time.monotonic() + 5  # the kernel applies SIGSTOP asynchronously
+        while psutil.Process(w1.pid).status() != psutil.STATUS_STOPPED:
+            assert time.monotonic() < deadline, "SIGSTOP did not stop the worker"
+            time.sleep(0.01)
     assert psutil.Process(w1.pid).status() != psutil.STATUS_STOPPED
 
     # Warm shutdown (SIGTERM): the worker records its own shutdown and exits 0.

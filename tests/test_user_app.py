@@ -37,7 +37,7 @@ def test_worker_kill_scenarios_run_on_a_user_app(tmp_path: Path) -> None:
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (run_dir,) = list(reports.iterdir())
+    (run_dir,) = [p.parent for p in reports.glob("*/verdict.json")]
     verdict = json.loads((run_dir / "verdict.json").read_text())
     assert verdict["exit_code"] == 0 and verdict["as_expected"] is True
     by_name = {s["name"]: s for s in verdict["scenarios"]}

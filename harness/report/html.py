@@ -1,12 +1,42 @@
-"""The run's ``index.html``: a minimal page (a later stage adds charts) rendered with jinja2."""
+"""The HTML reports: one page per run, the list of runs, and the reliability matrix.
+
+:func:`write_index` (called at the end of every run) writes, atomically:
+
+- ``<run>/index.html``: the verdict in words, the deployment, every scenario's
+  invariants and numbers, timeline charts with the fault windows, Locust's statistics,
+  the full history of every task behind a failure, and links to the raw files;
+- ``<run>/junit.xml``: one test case per scenario, for CI systems;
+- ``<reports>/index.html`` (every run, newest first) and ``<reports>/matrix.html``
+  (configuration x fault -> verdict), rebuilt from every run's ``verdict.json``;
+- ``<reports>/_assets/plotly-<version>.min.js`` once (the pages are offline).
+
+Pages are rendered by jinja2 with autoescaping; chart data is embedded as escaped JSON.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from harness.report.results import RunVerdict
+from harness.report import matrix as matrix_mod
+from harness.report.charts import figure_json, plotly_asset, timeline_figure
+from harness.report.junit import write_junit
+from harness.report.locust_stats import LocustStats, scenario_loads
+from harness.report.results import RunVerdict, ScenarioResult, safe_name
+from harness.report.timeline import (
+    MAX_TASK_HISTORIES,
+    FaultWindow,
+    Timeline,
+    build_timeline,
+    read_records,
+    task_histories,
+)
 
 _env = Environment(
     loader=PackageLoader("harness.report", "templates"),
@@ -17,27 +47,351 @@ _env = Environment(
 
 VERDICT_WORDS = {
     "valid": "Every invariant held: no task was lost under the faults injected.",
-    "invalid": "An invariant was violated: see the scenarios marked invalid below.",
-    "unknown": "The harness could not reach a verdict (the deployment never became quiet).",
+    "invalid": "An invariant was violated: tasks were lost, or ran that nobody sent.",
+    "unknown": "No verdict: the deployment never became quiet, so no loss can be asserted.",
 }
+#: Anomaly classes of the queue invariant, worst first: (summary key, words).
+TASK_CLASSES: tuple[tuple[str, str], ...] = (
+    ("lost", "Lost: acknowledged by the broker, never completed"),
+    ("pending", "Pending: not completed when the run ended (no complete drain)"),
+    ("unexpected", "Unexpected: completed but never published"),
+    ("duplicated", "Duplicated: completed more than once"),
+    ("indeterminate", "Indeterminate: the publish outcome is unknown"),
+    ("publish_failed", "Publish failed: the broker refused them"),
+    ("failed", "Failed: the task raised (an application error)"),
+    ("rejected", "Rejected by a worker"),
+    ("revoked", "Revoked"),
+    ("reexecuted", "Re-executed: started more than once (redeliveries, retries)"),
+    ("recovered", "Recovered: completed although the publish was not acknowledged"),
+)
+#: Headline numbers, in order (``None``: no invariant of the scenario measures it).
+HEADLINE = (
+    "attempted", "acknowledged", "completed", "lost", "duplicated", "hung", "recovered",
+    "beat ticks expected", "beat ticks fired",
+)
+#: How many ids of one class a page lists (every id is in verdict.json).
+MAX_IDS_LISTED = 200
 
 
-def write_index(run_dir: Path, verdict: RunVerdict) -> Path:
-    """Render ``index.html`` for a run directory and return its path."""
-    html = _env.get_template("run.html.j2").render(
-        run=verdict,
-        words=VERDICT_WORDS,
-        rel=lambda p: _relative(p, run_dir),
-    )
-    out = run_dir / "index.html"
-    tmp = out.with_name("index.html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+@dataclass
+class TaskView:
+    """One task id with its outcome and its full history."""
+
+    task_id: str
+    anchor: str
+    outcome: str
+    records: list[dict[str, Any]]
+
+
+@dataclass
+class ScenarioView:
+    """Everything the run template shows about one scenario."""
+
+    result: ScenarioResult
+    anchor: str
+    words: str
+    headline: list[tuple[str, Any]]
+    timeline: Timeline | None = None
+    figure: str | None = None
+    faults: list[FaultWindow] = field(default_factory=list)
+    classes: list[tuple[str, str, list[str], int]] = field(default_factory=list)
+    tasks: dict[str, TaskView] = field(default_factory=dict)
+    loads: list[LocustStats] = field(default_factory=list)
+    files: list[tuple[str, str]] = field(default_factory=list)
+    logs: list[tuple[str, str]] = field(default_factory=list)
+    result_json: str | None = None
+    history_error: str | None = None
+
+
+def _rel(path: str | Path, base: Path) -> str:
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def _counts(result: ScenarioResult) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for inv in result.invariants:
+        counts = inv.summary.get("counts")
+        out[inv.name] = dict(counts) if isinstance(counts, dict) else {}
     return out
 
 
-def _relative(path: str, run_dir: Path) -> str:
+def _headline(result: ScenarioResult) -> list[tuple[str, Any]]:
+    """The headline numbers, read by the shape of each invariant's summary."""
+    values: dict[str, Any] = {}
+    for inv in result.invariants:
+        summary = inv.summary
+        counts = summary.get("counts")
+        if inv.name == "queue" and isinstance(counts, dict):
+            for key in ("attempted", "acknowledged", "completed", "lost", "duplicated",
+                        "recovered"):
+                values[key] = counts.get(key)
+        if isinstance(summary.get("hung"), dict):
+            values["hung"] = values.get("hung", 0) + len(summary["hung"])
+        entries = summary.get("entries")
+        if inv.name.startswith("beat") and isinstance(entries, dict):
+            rows = [e for e in entries.values() if isinstance(e, dict)]
+            values["beat ticks expected"] = sum(int(e.get("ticks", 0)) for e in rows)
+            values["beat ticks fired"] = sum(
+                int(e.get("ok", 0)) + int(e.get("late", 0)) + int(e.get("early", 0))
+                for e in rows
+            )
+    return [(label, values.get(label)) for label in HEADLINE]
+
+
+def scenario_words(result: ScenarioResult) -> str:
+    """One sentence an operations lead reads for a scenario."""
+    if result.error:
+        return f"The scenario could not run: {result.error}"
+    if not result.checked:
+        return "The scenario stopped before its check ran: no verdict."
+    q = _counts(result).get("queue", {})
+    v = result.verdict.value
+    control = " This is a negative control: the harness expects this setting to fail."
+    if v == "valid":
+        return (
+            f"Reliable under this fault: all {q.get('acknowledged', 0)} acknowledged tasks "
+            f"completed ({q.get('duplicated', 0)} more than once)."
+        )
+    if v == "invalid":
+        lost = q.get("lost", 0)
+        what = f"{lost} acknowledged task(s) were lost" if lost else "an invariant was violated"
+        return f"Not reliable under this fault: {what}." + (
+            control if result.expect == "invalid" else ""
+        )
+    return VERDICT_WORDS["unknown"]
+
+
+def run_words(run: RunVerdict) -> tuple[str, str]:
+    """(headline, sentence) for the whole run."""
+    v = run.verdict.value
+    if run.exit_code == 2 or (v == "unknown" and not run.as_expected):
+        return "NO VERDICT", (
+            "The harness could not reach a verdict for every scenario (an infrastructure "
+            "error, or a deployment that never became quiet). Nothing is proven either way."
+        )
+    if run.as_expected:
+        if v == "invalid":
+            return "PASS", (
+                "Every configuration behaved as declared: the safe settings lost no "
+                "acknowledged task under the faults, and every known-bad setting "
+                "(negative control) was caught losing tasks."
+            )
+        if v == "unknown":
+            return "PUBLISH SIDE ONLY", (
+                "The run measured publishing only (an existing deployment the harness does "
+                "not own): no loss can be asserted."
+            )
+        return "PASS", "Every scenario kept every acknowledged task under the faults injected."
+    bad = [s.name for s in run.scenarios if not s.as_expected]
+    return "FAIL", (
+        "At least one configuration did not behave as declared: " + ", ".join(bad[:5])
+        + (" ..." if len(bad) > 5 else "")
+    )
+
+
+def _outcome(task_id: str, summary: dict[str, Any]) -> str:
+    parts = []
+    for key, label in (
+        ("lost", "lost"),
+        ("lost_worker_lost", "WorkerLostError"),
+        ("pending", "pending"),
+        ("unexpected", "never published"),
+        ("indeterminate", "publish outcome unknown"),
+        ("publish_failed", "publish failed"),
+        ("failed", "task raised"),
+        ("revoked", "revoked"),
+        ("rejected", "rejected"),
+        ("recovered", "recovered"),
+    ):
+        if task_id in (summary.get(key) or ()):
+            parts.append(label)
+    dup = (summary.get("duplicated") or {}).get(task_id)
+    if dup:
+        parts.append(f"completed x{dup}")
+    re_ = (summary.get("reexecuted") or {}).get(task_id)
+    if re_:
+        parts.append(f"started x{re_}")
+    if not parts:
+        parts.append("completed")
+    return ", ".join(parts)
+
+
+def build_scenario(result: ScenarioResult, run_dir: Path, index: int) -> ScenarioView:
+    """Read a scenario's history and prepare its section of the run page."""
+    view = ScenarioView(
+        result=result,
+        anchor=f"s{index}-{safe_name(result.name)}",
+        words=scenario_words(result),
+        headline=_headline(result),
+    )
+    queue = next((i.summary for i in result.invariants if i.name == "queue"), {})
+    hist = Path(result.history_dir) if result.history_dir else None
+    sdir = hist.parent if hist is not None else None
+    records: list[dict[str, Any]] = []
+    if hist is not None and hist.is_dir():
+        try:
+            records, torn = read_records(hist)
+            view.timeline = build_timeline(records, torn)
+            view.faults = view.timeline.faults
+            view.figure = figure_json(timeline_figure(view.timeline))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            view.history_error = f"could not read the history: {type(exc).__name__}: {exc}"
+        view.files = [(p.name, _rel(p, run_dir)) for p in sorted(hist.glob("*.jsonl"))]
+    elif hist is not None:
+        view.history_error = f"no history directory at {hist}"
+    if result.log_dir and Path(result.log_dir).is_dir():
+        view.logs = [(p.name, _rel(p, run_dir)) for p in sorted(Path(result.log_dir).iterdir())]
+    if sdir is not None:
+        if (sdir / "result.json").is_file():
+            view.result_json = _rel(sdir / "result.json", run_dir)
+        if sdir.is_dir():
+            view.loads = scenario_loads(sdir)
+            for load in view.loads:
+                load.html_href = _rel(load.html, run_dir) if load.html else None
+                load.file_links = [(p.name, _rel(p, run_dir)) for p in load.files]
+    # Which task ids get a full history: anomalies first, then tasks the faults touched.
+    chosen: list[str] = []
+    seen: set[str] = set()
+    for key, label in TASK_CLASSES:
+        raw = queue.get(key) or []
+        ids = list(raw.keys()) if isinstance(raw, dict) else list(raw)
+        if ids:
+            view.classes.append((key, label, ids[:MAX_IDS_LISTED], len(ids)))
+        for t in ids:
+            if len(chosen) < MAX_TASK_HISTORIES and t not in seen:
+                chosen.append(t)
+                seen.add(t)
+    for inv in result.invariants:
+        hung = inv.summary.get("hung")
+        if isinstance(hung, dict) and hung:
+            ids = list(hung)
+            view.classes.insert(0, ("hung", f"Hung ({inv.name}): ran longer than the bound",
+                                    ids[:MAX_IDS_LISTED], len(ids)))
+            for t in ids:
+                if len(chosen) < MAX_TASK_HISTORIES and t not in seen:
+                    chosen.append(t)
+                    seen.add(t)
+    for fw in view.faults:
+        for t in fw.touched:
+            if len(chosen) < MAX_TASK_HISTORIES and t not in seen:
+                chosen.append(t)
+                seen.add(t)
+    if records and chosen:
+        t0 = view.timeline.t0_mono_ns if view.timeline else records[0]["mono_ns"]
+        for tid, recs in task_histories(records, chosen, t0).items():
+            view.tasks[tid] = TaskView(
+                task_id=tid,
+                anchor=f"{view.anchor}-task-{safe_name(tid)}",
+                outcome=_outcome(tid, queue),
+                records=recs,
+            )
+    return view
+
+
+def _duration(run: RunVerdict) -> str:
     try:
-        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+        a = datetime.fromisoformat(run.started)
+        b = datetime.fromisoformat(run.finished) if run.finished else None
     except ValueError:
-        return path
+        return ""
+    if b is None:
+        return ""
+    secs = int((b - a).total_seconds())
+    return f"{secs // 60} min {secs % 60} s" if secs >= 60 else f"{secs} s"
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def render_run(run_dir: Path, run: RunVerdict, plotly_src: str) -> str:
+    """The HTML of a run page."""
+    views = [build_scenario(s, run_dir, i) for i, s in enumerate(run.scenarios, 1)]
+    headline, sentence = run_words(run)
+    seeds = sorted({str(s.deployment.get("seed")) for s in run.scenarios
+                    if s.deployment.get("seed") is not None})
+    brokers = sorted({
+        f"{s.deployment.get('broker') or s.broker} {s.deployment.get('broker_version', '')}".strip()
+        for s in run.scenarios if (s.deployment.get("broker") or s.broker)
+    })
+    fault_data = {
+        v.anchor: [
+            {
+                "index": f.index,
+                "name": f.name,
+                "target": f.target,
+                "start": round(f.start, 3),
+                "end": round(f.end, 3),
+                "tasks": [
+                    {
+                        "id": t,
+                        "anchor": v.tasks[t].anchor if t in v.tasks else "",
+                        "outcome": v.tasks[t].outcome if t in v.tasks else "",
+                    }
+                    for t in f.touched
+                ],
+            }
+            for f in v.faults
+        ]
+        for v in views
+    }
+    return _env.get_template("run.html.j2").render(
+        run=run,
+        views=views,
+        headline=headline,
+        sentence=sentence,
+        words=VERDICT_WORDS,
+        duration=_duration(run),
+        seeds=seeds,
+        brokers=brokers,
+        plotly_src=plotly_src,
+        fault_data=fault_data,
+        settings_columns=matrix_mod.SETTING_LABELS,
+    )
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    """Numbers for tables: ints as is, floats rounded, None as a dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "—"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+_env.globals.update(fault_label=matrix_mod.fault_label, fmt=_fmt)
+
+
+def write_index(run_dir: Path, verdict: RunVerdict) -> Path:
+    """Write the run's report, its JUnit XML, and refresh the reports index and matrix."""
+    run_dir = Path(run_dir)
+    root = run_dir.parent
+    name = plotly_asset(root)
+    out = run_dir / "index.html"
+    _write(out, render_run(run_dir, verdict, f"../_assets/{name}"))
+    write_junit(run_dir / "junit.xml", verdict)
+    try:
+        write_site(root)
+    except OSError as exc:  # another run's files: never fail this run for them
+        print(f"celery-chaos: could not refresh {root}/index.html: {exc}", file=sys.stderr)
+    return out
+
+
+def write_site(root: Path) -> tuple[Path, Path]:
+    """Rebuild ``<root>/index.html`` (every run, newest first) and ``<root>/matrix.html``."""
+    runs, skipped = matrix_mod.load_runs(root)
+    index = root / "index.html"
+    _write(index, _env.get_template("runs.html.j2").render(runs=runs, skipped=skipped))
+    table = matrix_mod.build_matrix(runs)
+    mpath = root / "matrix.html"
+    _write(mpath, _env.get_template("matrix.html.j2").render(m=table, runs=runs))
+    return index, mpath

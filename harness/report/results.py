@@ -22,7 +22,8 @@ from pydantic import BaseModel, Field
 from harness.checks.verdict import InvariantResult, Verdict
 
 VERDICT_SCHEMA_VERSION = 1
-Expect = Literal["valid", "invalid"]
+#: What a scenario declares; ``unknown`` only for runs that cannot drain (an existing deployment).
+Expect = Literal["valid", "invalid", "unknown"]
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -47,6 +48,10 @@ class ScenarioResult(BaseModel):
     history_dir: str = ""
     log_dir: str = ""
     error: str | None = None
+    #: The deployment as run: broker and its version, workers, pool, effective settings, seed.
+    deployment: dict[str, Any] = Field(default_factory=dict)
+    #: Names of the faults injected (``kill_worker``, ...), in order of first use.
+    faults: list[str] = Field(default_factory=list)
 
     @property
     def as_expected(self) -> bool:
@@ -66,6 +71,11 @@ class RunVerdict(BaseModel):
     exit_code: int = 2
     versions: dict[str, str] = Field(default_factory=dict)
     scenarios: list[ScenarioResult] = Field(default_factory=list)
+    #: ``scenarios`` (pytest / ``celery-chaos run``) or ``load`` (``celery-chaos load``).
+    kind: Literal["scenarios", "load"] = "scenarios"
+    #: The command that made the run, for people (``celery-chaos load ...``), if known.
+    command: str = ""
+    notes: list[str] = Field(default_factory=list)
 
 
 def new_run_dir(base: str | os.PathLike[str] = "reports") -> Path:

@@ -1,0 +1,467 @@
+"""``celery-chaos load``: a Locust load test with an optional fault schedule, and its report.
+
+Local (default): the harness starts its own deployment (broker, result Redis, workers)
+exactly as a scenario does, runs Locust for ``--duration``, injects each ``--fault`` at
+its time, drains, checks the history and writes ``reports/<run>/`` (verdict.json,
+index.html, junit.xml). Existing deployment (``--broker-url``): only Locust and the
+publisher-side recorder run; no fault, no drain (the harness does not own those
+workers), so the verdict is ``unknown`` by design and the report says so.
+
+Distributed Locust: ``--processes N`` forks N Locust workers; ``--master
+--expect-workers N`` waits for N workers started with the script the command prints.
+Every Locust process writes its own pid-named history file into the same history
+directory, so one run has one history and one report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ChaosError, UsageError
+from harness.load.runner import LOCUSTFILE, LoadRun
+
+#: ``NAME[:TARGET]@AT[+DURATION]``, e.g. ``kill-worker:w1@10s``, ``pause-worker:w2@5s+3s``.
+FAULT_RE = re.compile(r"^(?P<name>[a-z-]+)(?::(?P<target>[\w.-]+(?:@[\w.-]+)?))?"
+                      r"@(?P<at>[0-9][0-9.a-z]*)(?:\+(?P<dur>[0-9][0-9.a-z]*))?$")
+FAULT_KINDS = {
+    "kill-worker": "SIGKILL a worker's main process",
+    "kill-child": "SIGKILL one pool child of a worker (preferably one running a task)",
+    "pause-worker": "SIGSTOP a worker for +DURATION, then SIGCONT",
+    "restart-worker": "start a worker again (after a kill)",
+    "crash-broker": "SIGKILL the broker, keep it down +DURATION, start it again",
+}
+_WORKER_FAULTS = {"kill-worker", "kill-child", "pause-worker", "restart-worker"}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """``90``, ``90s``, ``1m30s``, ``500ms``, ``1h`` -> seconds."""
+    pos, total = 0, 0.0
+    text = text.strip()
+    while pos < len(text):
+        m = _DURATION.match(text, pos)
+        if not m:
+            raise UsageError(f"bad {what} {text!r}: use e.g. 30s, 2m, 1m30s, 500ms")
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not text:
+        raise UsageError(f"empty {what}: use e.g. 30s")
+    return total
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """One scheduled fault."""
+
+    kind: str
+    target: str | None
+    at: float
+    duration: float = 0.0
+    text: str = ""
+
+
+def parse_fault(text: str, workers: int | None = None) -> FaultSpec:
+    """Parse ``NAME[:TARGET]@AT[+DURATION]``; raise a one-line :class:`UsageError`."""
+    m = FAULT_RE.match(text.strip())
+    kinds = ", ".join(FAULT_KINDS)
+    if not m:
+        raise UsageError(
+            f"bad --fault {text!r}: use NAME[:TARGET]@AT[+DURATION], e.g. kill-worker:w1@10s "
+            f"(faults: {kinds})"
+        )
+    kind, target = m.group("name"), m.group("target")
+    if kind not in FAULT_KINDS:
+        raise UsageError(f"unknown fault {kind!r} in --fault {text!r}: use one of {kinds}")
+    at = parse_duration(m.group("at"), "fault time")
+    dur = parse_duration(m.group("dur"), "fault duration") if m.group("dur") else 0.0
+    if kind in _WORKER_FAULTS:
+        if not target:
+            raise UsageError(f"--fault {text!r} needs a worker: {kind}:w1@{m.group('at')}")
+        short = target.split("@")[0]
+        if not re.fullmatch(r"w\d+", short) or (
+            workers is not None and not 1 <= int(short[1:]) <= workers
+        ):
+            raise UsageError(
+                f"--fault {text!r}: no worker {target!r}; workers are w1..w{workers or 'N'}"
+            )
+        target = f"{short}@chaos"
+    elif target:
+        raise UsageError(f"--fault {text!r}: {kind} takes no target ({kind}@10s+2s)")
+    if kind == "pause-worker" and dur <= 0:
+        raise UsageError(f"--fault {text!r}: pause-worker needs +DURATION, e.g. @5s+3s")
+    return FaultSpec(kind=kind, target=target, at=at, duration=dur, text=text)
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"bad --setting {text!r}: use KEY=VALUE, e.g. task_acks_late=true")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``celery-chaos load``."""
+    p.add_argument("--users", type=int, default=4, help="Locust users (default 4)")
+    p.add_argument("--spawn-rate", type=float, default=None,
+                   help="users started per second (default: all at once)")
+    p.add_argument("--duration", default="30s", help="how long the load runs (default 30s)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="target publishes per second over all users (default 5 per user; "
+                        "0: as fast as possible)")
+    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                   help="NAME[:TARGET]@AT[+DURATION]: " + "; ".join(
+                       f"{k} ({v})" for k, v in FAULT_KINDS.items()))
+    p.add_argument("--broker", choices=("rabbitmq", "redis"), default="rabbitmq",
+                   help="broker of the local deployment (default rabbitmq)")
+    p.add_argument("--workers", type=int, default=2, help="workers w1..wN (default 2)")
+    p.add_argument("--concurrency", type=int, default=2, help="pool size per worker (default 2)")
+    p.add_argument("--pool", default="prefork", help="worker pool (default prefork)")
+    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Celery setting under test (JSON value), e.g. task_acks_late=true")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for workers and Locust (e.g. SAMPLE_*)")
+    p.add_argument("--app", default=os.environ.get("CHAOS_APP", "sample_app.app:app"),
+                   help="the Celery app, package.module:app (default the sample app)")
+    p.add_argument("--workload", default=os.environ.get("CHAOS_WORKLOAD"),
+                   help="workload YAML (default the sample app's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the task mix (default 0)")
+    p.add_argument("--reports", default=os.environ.get("CHAOS_REPORTS_DIR", "reports"),
+                   help="where run directories go (default ./reports)")
+    p.add_argument("--drain-timeout", default="60s", help="bound of the final drain (60s)")
+    p.add_argument("--broker-url", help="an existing deployment's broker: publish only")
+    p.add_argument("--result-backend", help="an existing deployment's result backend")
+    dist = p.add_mutually_exclusive_group()
+    dist.add_argument("--processes", type=int, default=0,
+                      help="Locust --processes N: fork N Locust workers (one history file each)")
+    dist.add_argument("--master", action="store_true",
+                      help="run Locust as --master and wait for --expect-workers workers "
+                           "started with the printed script")
+    p.add_argument("--expect-workers", type=int, default=1,
+                   help="with --master: Locust workers to wait for (default 1)")
+
+
+class CommandLoadRun(LoadRun):
+    """A :class:`LoadRun` with a spawn rate and Locust's distributed modes."""
+
+    def __init__(self, *, spawn_rate: float | None, processes: int = 0, master: bool = False,
+                 expect_workers: int = 1, master_port: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spawn_rate = spawn_rate or float(self.users)
+        self.processes = processes
+        self.master = master
+        self.expect_workers = expect_workers
+        self.master_port = master_port
+
+    @property
+    def command(self) -> list[str]:
+        """Locust's command line: the runner's, with spawn rate and distribution options."""
+        cmd = list(super().command)
+        cmd[cmd.index("-r") + 1] = f"{self.spawn_rate:g}"
+        if self.processes:
+            cmd += ["--processes", str(self.processes)]
+        if self.master:
+            cmd += ["--master", "--master-bind-host", "127.0.0.1",
+                    "--master-bind-port", str(self.master_port),
+                    "--expect-workers", str(self.expect_workers),
+                    "--expect-workers-max-wait", "120"]
+        return cmd
+
+    def worker_script(self) -> Path:
+        """A shell script that starts one Locust worker for this master (``--master``)."""
+        env = {k: v for k, v in self.env.items() if k.startswith(("CHAOS_", "SAMPLE_"))}
+        env["PYTHONPATH"] = self.env.get("PYTHONPATH", "")
+        lines = ["#!/bin/sh", "# One Locust worker of this load; run it once per worker.",
+                 *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())),
+                 f"exec {shlex.quote(sys.executable)} -m locust -f {shlex.quote(str(LOCUSTFILE))}"
+                 f" --worker --master-host 127.0.0.1 --master-port {self.master_port}"
+                 f" -u {self.users} --chaos-rate {self.rate:g}", ""]  # -u: per-user pacing
+        path = self.out_dir / "locust-worker.sh"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines))
+        path.chmod(0o755)
+        return path
+
+
+@dataclass
+class LoadOptions:
+    """Validated options of one ``celery-chaos load``."""
+
+    users: int
+    spawn_rate: float | None
+    duration: float
+    rate: float
+    faults: list[FaultSpec]
+    settings: dict[str, Any]
+    env: dict[str, str]
+    drain_timeout: float
+    existing: bool
+
+
+def validate(args: argparse.Namespace) -> LoadOptions:
+    """Check every option; raise a one-line :class:`UsageError` on bad input."""
+    if args.users < 1:
+        raise UsageError(f"--users {args.users}: need at least 1 user")
+    if args.spawn_rate is not None and args.spawn_rate <= 0:
+        raise UsageError(f"--spawn-rate {args.spawn_rate:g}: must be > 0")
+    duration = parse_duration(args.duration, "--duration")
+    if duration < 1:
+        raise UsageError(f"--duration {args.duration}: at least 1s")
+    if args.workers < 1 or args.concurrency < 1:
+        raise UsageError("--workers and --concurrency must be at least 1")
+    if args.processes < 0 or (args.master and args.expect_workers < 1):
+        raise UsageError("--processes and --expect-workers must be at least 1")
+    rate = 5.0 * args.users if args.rate is None else args.rate
+    if rate < 0:
+        raise UsageError(f"--rate {rate:g}: must be >= 0")
+    existing = bool(args.broker_url)
+    if args.result_backend and not existing:
+        raise UsageError("--result-backend needs --broker-url (an existing deployment)")
+    faults = [parse_fault(f, args.workers) for f in args.fault]
+    if existing and faults:
+        raise UsageError(
+            "--fault needs a deployment the harness owns: drop --broker-url to run a local one"
+        )
+    for f in faults:
+        if f.at >= duration:
+            raise UsageError(f"--fault {f.text!r} at {f.at:g}s is after --duration {duration:g}s")
+    env: dict[str, str] = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"bad --env {item!r}: use NAME=VALUE")
+        env[name] = value
+    return LoadOptions(
+        users=args.users, spawn_rate=args.spawn_rate, duration=duration, rate=rate,
+        faults=sorted(faults, key=lambda f: f.at),
+        settings=dict(_setting(s) for s in args.setting), env=env,
+        drain_timeout=parse_duration(args.drain_timeout, "--drain-timeout"), existing=existing,
+    )
+
+
+def _apply(scenario: Any, fault: FaultSpec) -> None:
+    """Inject one fault through the scenario's fault injector."""
+    if fault.kind == "crash-broker":
+        scenario.faults.restart_broker(scenario.broker, crash=True, down_for=fault.duration)
+        return
+    worker = scenario.worker(fault.target)
+    if fault.kind == "kill-worker":
+        scenario.faults.kill_worker(worker)
+    elif fault.kind == "kill-child":
+        running = scenario.running_on(worker)
+        pid = next(iter(running.values())).pid if running else None
+        scenario.faults.kill_pool_child(worker, pid)
+    elif fault.kind == "pause-worker":
+        with scenario.faults.paused(worker):
+            time.sleep(fault.duration)
+    elif fault.kind == "restart-worker":
+        scenario.start_worker(worker.name)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _load_run(args: argparse.Namespace, opts: LoadOptions, workload: Any, env: dict[str, str],
+              out_dir: Path) -> CommandLoadRun:
+    from harness.deployment.processes import free_port
+
+    return CommandLoadRun(
+        workload=workload, env=env, out_dir=out_dir, tasks=None, rate=opts.rate,
+        users=opts.users, duration=opts.duration, seed=args.seed,
+        spawn_rate=opts.spawn_rate, processes=args.processes, master=args.master,
+        expect_workers=args.expect_workers, master_port=free_port() if args.master else 0,
+    )
+
+
+def _start(run: CommandLoadRun) -> None:
+    run.start()
+    if run.master:
+        script = run.worker_script()
+        print(f"celery-chaos: Locust master on 127.0.0.1:{run.master_port}; start "
+              f"{run.expect_workers} worker(s) with: sh {script}", flush=True)
+
+
+def _run_local(args: argparse.Namespace, opts: LoadOptions, run_dir: Path, command: str,
+               workload: Any) -> Any:
+    from harness.scenario import AppUnderTest, Scenario, SharedBrokers
+
+    app = AppUnderTest.resolve(args.app, workload)
+    brokers = SharedBrokers(run_dir)
+    scenario = Scenario("load", run_dir, app, brokers,
+                        description=f"celery-chaos load: {command}")
+    error: str | None = None
+    try:
+        scenario.deploy(args.broker, workers=args.workers, concurrency=args.concurrency,
+                        pool=args.pool, settings=opts.settings, env=opts.env)
+        wl = workload.render(scenario.placeholders())
+        run = _load_run(args, opts, wl, scenario.env, scenario.dir / "load-1")
+        scenario.loads.append(run)
+        _start(run)
+        t0 = time.monotonic()
+        for fault in opts.faults:
+            time.sleep(max(0.0, t0 + fault.at - time.monotonic()))
+            print(f"celery-chaos: fault {fault.text} at {time.monotonic() - t0:.1f}s", flush=True)
+            _apply(scenario, fault)
+        scenario.check(drain_timeout=opts.drain_timeout)
+    except ChaosError as exc:
+        error = str(exc)
+    except KeyboardInterrupt:
+        error = "interrupted"
+    except Exception as exc:  # noqa: BLE001 - recorded in the report, never a traceback
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        scenario.close(error=error)
+        brokers.close()
+    return scenario.result
+
+
+def _run_existing(args: argparse.Namespace, opts: LoadOptions, run_dir: Path, command: str,
+                  workload: Any) -> Any:
+    from kombu.utils.url import maybe_sanitize_url
+
+    from harness.checks.verdict import Verdict, check_history
+    from harness.deployment.app_loader import load_app
+    from harness.history.schema import Kind
+    from harness.history.store import HISTORY_DIR_ENV, HistoryWriter, read_history
+    from harness.report.results import ScenarioResult, write_json
+    from harness.report.sampler import QueueDepthSampler
+
+    app = load_app(args.app)
+    queues = list(dict.fromkeys([*workload.queues, app.conf.task_default_queue or "celery"]))
+    sdir = run_dir / "scenarios" / "load"
+    hist, logs = sdir / "history", sdir / "logs"
+    hist.mkdir(parents=True)
+    logs.mkdir()
+    url = str(maybe_sanitize_url(args.broker_url))
+    kind = "redis" if args.broker_url.startswith(("redis", "rediss")) else "rabbitmq"
+    writer = HistoryWriter(hist, "harness", "harness")
+    writer.write(Kind.SCENARIO, name="load", phase="start",
+                 detail={"broker": kind, "broker_url": url, "settings": opts.settings,
+                         "app": args.app, "existing": True})
+    cwd = os.getcwd()
+    env = {
+        "PYTHONPATH": os.pathsep.join(p for p in [cwd, os.environ.get("PYTHONPATH", "")] if p),
+        "CHAOS_APP": args.app,
+        "CHAOS_BROKER_URL": args.broker_url,
+        "CHAOS_CONF": json.dumps(opts.settings),
+        HISTORY_DIR_ENV: str(hist.resolve()),
+        "PYTHONUNBUFFERED": "1",
+        **opts.env,
+    }
+    if args.result_backend:
+        env["CHAOS_RESULT_BACKEND"] = args.result_backend
+    started = time.monotonic()
+    result = ScenarioResult(
+        name="load", description=f"celery-chaos load against {url}: {command}",
+        broker=kind, settings=opts.settings, expect="unknown",
+        history_dir=str(hist), log_dir=str(logs),
+        deployment={"broker": kind, "broker_url": url, "existing": True, "app": args.app,
+                    "seed": args.seed,
+                    "loads": [{"users": opts.users, "rate": opts.rate,
+                               "duration_s": opts.duration, "seed": args.seed}]},
+    )
+    sampler = QueueDepthSampler(writer, args.broker_url, queues, target=kind).start()
+    run = _load_run(args, opts, workload, env, sdir / "load-1")
+    try:
+        _start(run)
+        run.wait()
+    except KeyboardInterrupt:
+        result.error = "interrupted"
+    except Exception as exc:  # noqa: BLE001 - recorded in the report, never a traceback
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        run.stop()
+        sampler.stop()
+    writer.write(Kind.SCENARIO, name="load", phase="end")
+    invariants = check_history(read_history(hist))
+    result.invariants = invariants
+    result.verdict = Verdict.combine(i.verdict for i in invariants)
+    result.checked = True
+    stats = run.stats()
+    result.metrics = {"wall_s": round(time.monotonic() - started, 2),
+                      "locust_1": {k: v for k, v in stats.items() if k != "by_task"}}
+    write_json(sdir / "result.json", result.model_dump(mode="json"))
+    return result
+
+
+EXISTING_NOTE = (
+    "Existing deployment: the harness ran only Locust and the publisher-side recorder. No "
+    "fault was injected and no drain was run, because the harness does not own these "
+    "workers: it cannot tell a lost task from one still queued, so the verdict is unknown "
+    "by design. The charts show the publish side and the broker's queue depth."
+)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``celery-chaos load``; return the exit code (0, 1 or 2)."""
+    from harness.deployment.app_loader import load_app
+    from harness.load.workload import load_workload
+    from harness.pytest_plugin import DEFAULT_WORKLOAD
+    from harness.report.html import write_index
+    from harness.report.results import (
+        RunVerdict,
+        exit_code_for,
+        new_run_dir,
+        run_verdict,
+        versions,
+        write_json,
+    )
+
+    opts = validate(args)
+    command = "celery-chaos load " + " ".join(shlex.quote(a) for a in args.argv)
+    # Bad input fails here, before a run directory exists.
+    workload = load_workload(args.workload or DEFAULT_WORKLOAD)
+    if opts.existing:
+        try:
+            workload = workload.render({})  # no local services: no placeholders
+        except UsageError as exc:
+            raise UsageError(
+                f"{exc.args[0].split(';')[0]}: against an existing deployment only a workload "
+                "without {placeholders} works (pass --workload FILE)"
+            ) from None
+    load_app(args.app)
+    run_dir = new_run_dir(args.reports)
+    started = _now()
+    print(f"celery-chaos: load run in {run_dir}", flush=True)
+    runner = _run_existing if opts.existing else _run_local
+    result = runner(args, opts, run_dir, command, workload)
+    attempted = next(
+        (i.summary.get("counts", {}).get("attempted", 0) for i in result.invariants
+         if i.name == "queue"), 0)
+    if result.checked and not attempted and not result.error:
+        log = run_dir / "scenarios" / "load" / "load-1" / "locust.log"
+        result.error = f"the load published no task, so nothing is proven: see {log}"
+    results = [result]
+    verdict, as_expected = run_verdict(results)
+    code = exit_code_for(results)
+    run = RunVerdict(
+        run_id=run_dir.name, started=started, finished=_now(), verdict=verdict,
+        as_expected=as_expected, exit_code=code, versions=versions(), scenarios=results,
+        kind="load", command=command, notes=[EXISTING_NOTE] if opts.existing else [],
+    )
+    write_json(run_dir / "verdict.json", run.model_dump(mode="json"))
+    page = write_index(run_dir, run)
+    q = next((i.summary.get("counts", {}) for i in result.invariants if i.name == "queue"), {})
+    print(
+        f"celery-chaos: verdict {verdict.value}"
+        f"{' (as declared)' if as_expected else ''}: published {q.get('acknowledged', 0)}, "
+        f"completed {q.get('completed', 0)}, lost {q.get('lost', 0)}; report {page}"
+        + (f"; error: {result.error}" if result.error else ""),
+        flush=True,
+    )
+    return code

@@ -1,0 +1,194 @@
+"""The HTML report, JUnit XML, runs index and reliability matrix, on synthetic histories."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.checks.verdict import InvariantResult, Verdict
+from harness.report.html import write_index, write_site
+from harness.report.locust_stats import read_locust
+from harness.report.matrix import build_matrix, dump_matrix, load_runs
+from harness.report.results import RunVerdict, ScenarioResult
+from harness.report.synthetic import HOSTILE, SyntheticSpec, make_run, write_history
+from harness.report.timeline import (
+    FaultWindow,
+    build_timeline,
+    fault_scope,
+    percentile,
+    read_records,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunVerdict]:
+    reports = tmp_path_factory.mktemp("reports")
+    return make_run(
+        reports,
+        {"acks_late_kill": SyntheticSpec(acks_late=True),
+         "early_ack_kill": SyntheticSpec(acks_late=False, seed=3)},
+    )
+
+
+def test_run_directory_holds_every_artefact(run: tuple[Path, RunVerdict]) -> None:
+    run_dir, verdict = run
+    for name in ("index.html", "junit.xml", "verdict.json"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir.parent / "index.html").is_file()
+    assert (run_dir.parent / "matrix.html").is_file()
+    assets = list((run_dir.parent / "_assets").glob("plotly-*.min.js"))
+    assert len(assets) == 1 and assets[0].stat().st_size > 1_000_000
+    html = (run_dir / "index.html").read_text()
+    assert f'src="../_assets/{assets[0].name}"' in html
+    assert "cdn" not in html.lower() and "https://" not in html  # offline
+
+
+def test_hostile_task_text_is_inert(run: tuple[Path, RunVerdict]) -> None:
+    history = "".join(p.read_text() for p in run[0].glob("scenarios/*/history/*.jsonl"))
+    assert HOSTILE.replace("'", "\\'") in history or HOSTILE in history  # really planted
+    html = (run[0] / "index.html").read_text()
+    assert "<script>window.__pwned" not in html
+    assert "&lt;script&gt;window.__pwned" in html  # shown, as text, in args and exc_message
+    assert html.count("bad input &lt;script&gt;") >= 1  # exception message
+    assert "(sample_app.tasks.&lt;script&gt;window.__pwned" in html  # task name
+    # Chart JSON and the fault data never carry a raw "<" that could close the script.
+    for block in re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', html, re.S):
+        assert "<" not in block
+    assert html.count("<script") == html.count("</script>")
+
+
+def test_page_shows_verdicts_numbers_and_failures(run: tuple[Path, RunVerdict]) -> None:
+    run_dir, verdict = run
+    html = (run_dir / "index.html").read_text()
+    assert verdict.as_expected and verdict.verdict is Verdict.INVALID
+    assert ">PASS <small>" in html  # a caught negative control is a pass for ops
+    assert 'data-verdict="invalid"' in html
+    early = next(s for s in verdict.scenarios if s.name == "early_ack_kill")
+    lost = early.invariants[0].summary["lost"]
+    assert lost
+    for task_id in lost:  # each lost id has its full history, expandable
+        assert re.search(rf'<details id="[^"]*task-{re.escape(task_id)}"', html)
+    for label in ("attempted", "acknowledged", "completed", "lost", "duplicated", "hung",
+                  "recovered", "beat ticks expected", "beat ticks fired"):
+        assert f'<th class="num">{label}</th>' in html
+    assert "Publish latency (ms)" in html and "End-to-end latency" in html
+    assert html.count('class="figure"') == 2
+    for href in re.findall(r'href="(scenarios/[^"#]+)"', html):
+        assert (run_dir / href).exists(), href
+
+
+def test_fault_touches_the_tasks_running_on_the_killed_worker(tmp_path: Path) -> None:
+    planted = write_history(tmp_path / "h", SyntheticSpec(acks_late=False))
+    records, torn = read_records(tmp_path / "h")
+    tl = build_timeline(records, torn)
+    assert [f.name for f in tl.faults] == ["kill_worker"]
+    assert set(planted["hit"]) <= set(tl.faults[0].touched)
+    assert tl.workers[-1][1] == 1 and max(v for _, v in tl.workers) == 2
+    assert round(sum(tl.rates["published"]) * tl.bin_s) == 200
+    assert tl.e2e_summary["count"] == 200 - len(planted["lost"])
+    assert tl.has_depth_samples
+
+
+def test_latency_percentiles_are_exact() -> None:
+    values = sorted([0.001 * i for i in range(1, 1001)])
+    assert percentile(values, 50) == pytest.approx(0.5005)
+    assert percentile(values, 99) == pytest.approx(0.99001)
+    assert percentile(values, 100) == pytest.approx(1.0)
+    assert percentile([], 50) != percentile([], 50)  # NaN for no data
+
+
+def test_junit_xml_mirrors_the_exit_code(tmp_path: Path) -> None:
+    run_dir, _ = make_run(
+        tmp_path,
+        {"declared_valid_but_lost": SyntheticSpec(acks_late=False)},
+        write_report=False,
+    )
+    data = json.loads((run_dir / "verdict.json").read_text())
+    data["scenarios"][0]["expect"] = "valid"  # a safe setting that lost tasks
+    data.update(as_expected=False, exit_code=1)
+    run = RunVerdict.model_validate(data)
+    write_index(run_dir, run)
+    suite = ET.parse(run_dir / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "1" and suite.get("failures") == "1"
+    failure = suite.find("testcase/failure")
+    assert failure is not None and "acknowledged tasks never completed" in (failure.text or "")
+    assert ">FAIL <small>" in (run_dir / "index.html").read_text()
+
+
+def test_runs_index_newest_first_and_matrix(tmp_path: Path) -> None:
+    first, _ = make_run(tmp_path, {"a": SyntheticSpec(acks_late=True)})
+    second, _ = make_run(tmp_path, {"b": SyntheticSpec(acks_late=False)})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "verdict.json").write_text("{not json")
+    write_site(tmp_path)
+    index = (tmp_path / "index.html").read_text()
+    assert index.index(second.name) < index.index(first.name) or (
+        # same second: ordered by run id, both listed
+        first.name in index and second.name in index
+    )
+    assert "broken" in index  # listed as skipped, the page still renders
+    runs, skipped = load_runs(tmp_path)
+    assert len(runs) == 2 and len(skipped) == 1
+    cells = dump_matrix(build_matrix(runs))
+    by_acks = {c["settings"]["acks_late"]: c for c in cells}
+    assert by_acks["on"]["verdict"] == "valid" and by_acks["on"]["fault"] == "kill_worker"
+    assert by_acks["off"]["verdict"] == "invalid" and by_acks["off"]["expect"] == "invalid"
+    matrix = (tmp_path / "matrix.html").read_text()
+    assert "worker killed (SIGKILL)" in matrix and "negative control" in matrix
+
+
+def test_report_survives_a_missing_history(tmp_path: Path) -> None:
+    run_dir = tmp_path / "20260101T000000Z-abcdef"
+    run_dir.mkdir()
+    result = ScenarioResult(
+        name="broke <early>", history_dir=str(run_dir / "nope"), error="port clash <x>",
+        invariants=[InvariantResult(name="queue", verdict=Verdict.UNKNOWN)],
+    )
+    run = RunVerdict(run_id=run_dir.name, started="2026-01-01T00:00:00+00:00",
+                     scenarios=[result])
+    html = write_index(run_dir, run).read_text()
+    assert "NO VERDICT" in html and "port clash &lt;x&gt;" in html
+    assert "no history directory" in html
+
+
+def test_locust_percentiles_follow_locust(tmp_path: Path) -> None:
+    entries = [{
+        "name": "t.a", "num_requests": 10, "num_failures": 1, "total_response_time": 100.0,
+        "min_response_time": 2.0, "max_response_time": 40.0, "start_time": 100.0,
+        "last_request_timestamp": 105.0,
+        "response_times": {"2": 5, "10": 3, "40": 2},
+    }]
+    (tmp_path / "locust.json").write_text(json.dumps(entries))
+    stats = read_locust(tmp_path)
+    row = stats.rows[0]
+    # Locust's rule (stats.calculate_response_time_percentile): from the largest bucket
+    # down, the first at which at most int(n * q) requests remain below.
+    assert row.percentiles_ms == {"p50": 10.0, "p90": 40.0, "p95": 40.0, "p99": 40.0}
+    assert row.requests == 10 and row.failures == 1 and row.rps == pytest.approx(2.0)
+
+
+def test_verdict_json_fields_are_documented() -> None:
+    doc = (ROOT / "docs" / "report.md").read_text() + (ROOT / "docs" / "verdict.md").read_text()
+    for model in (RunVerdict, ScenarioResult):
+        for name in model.model_fields:
+            assert f"`{name}`" in doc, f"{model.__name__}.{name} is not documented"
+
+
+@pytest.mark.parametrize(
+    ("name", "target", "scope"),
+    [
+        ("kill_worker", "w1@chaos", ({"w1"}, False)),
+        ("kill_pool_child", "w2@chaos", ({"w2"}, False)),
+        ("partition_blackhole", "w1-broker,w1-backend", ({"w1"}, False)),
+        ("latency", "publisher-broker", (set(), True)),
+        ("crash_broker", "rabbitmq", (None, True)),
+    ],
+)
+def test_which_tasks_a_fault_can_touch(name: str, target: str, scope: object) -> None:
+    assert fault_scope(FaultWindow(0, name, target, 0.0, 1.0)) == scope
