@@ -157,15 +157,45 @@ class Beat:
 
     def start(self, timeout: float = 20.0) -> None:
         """Start beat; ready once its log says it is starting."""
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting (:meth:`wait_ready` waits), e.g. to start several."""
         self.starts += 1
         self.proc = ManagedProcess(
             f"beat-{self.name}-{self.starts}", self.command, self.log_dir, env=self.env
         )
-        log = self.proc.log_path
         self.proc.start()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Wait until this run's log says ``beat: Starting`` (the scheduler is about to tick)."""
+        assert self.proc is not None, f"{self.name} not started"
+        log = self.proc.log_path
         self.proc.wait_ready(
             lambda: "beat: Starting" in log.read_text(errors="replace"), timeout=timeout
         )
+
+    @property
+    def pid(self) -> int:
+        """The beat process id."""
+        assert self.proc is not None and self.proc.pid is not None, f"{self.name} not started"
+        return self.proc.pid
+
+    def is_running(self) -> bool:
+        """Whether the beat process is alive."""
+        return self.proc is not None and self.proc.is_running()
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the beat process."""
+        assert self.proc is not None
+        self.proc.signal(sig)
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL beat (no sync of its schedule) and reap it."""
+        self.signal(signal.SIGKILL)
+        assert self.proc is not None
+        self.proc.wait_exit(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop beat and anything it started."""
