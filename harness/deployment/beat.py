@@ -133,7 +133,7 @@ def add_beat(
     state_dir.mkdir(exist_ok=True)
     beat = Beat(
         name,
-        env={**chaos.env, CONF_ENV: json.dumps(conf)},
+        env={**chaos.env_for(name), CONF_ENV: json.dumps(conf)},
         log_dir=chaos.log_dir,
         state_dir=state_dir,
     )
