@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from celery import Celery
+
 from harness.checks.queue import recovery_time
 from harness.checks.verdict import Checker, Verdict, check_history
-from harness.deployment.app_loader import load_app
+from harness.deployment.app_loader import apply_harness_config, load_app
 from harness.deployment.brokers import RabbitMQServer, RedisServer
 from harness.deployment.drain import drain
 from harness.deployment.links import LinkProxies
@@ -35,8 +37,9 @@ from harness.faults.network import NetworkFaults
 from harness.faults.process import FaultInjector
 from harness.history.schema import Kind, Record
 from harness.history.store import HISTORY_DIR_ENV, HistoryWriter, read_history
+from harness.load.publisher import Publisher
 from harness.load.runner import LoadRun
-from harness.load.workload import Workload
+from harness.load.workload import TaskSpec, Workload
 from harness.report.deployment import annotate
 from harness.report.results import ScenarioResult, safe_name, write_json
 from harness.report.sampler import QueueDepthSampler
@@ -344,6 +347,24 @@ class Scenario:
         )
         self.loads.append(run)
         return run.start()
+
+    def publish(self, name: str, *args: Any, count: int = 1) -> list[str]:
+        """Publish ``count`` calls of task ``name`` now, recorded invoke/ok; return their ids.
+
+        For scenarios that need tasks at an exact moment rather than a load; the publish
+        goes straight to the broker (never through a proxied link).
+        """
+        app = Celery("scenario-publisher", set_as_current=False)
+        src = load_app(self.app.spec).conf
+        app.conf.update(task_default_queue=src.task_default_queue, task_routes=src.task_routes)
+        apply_harness_config(
+            app, broker_url=self.broker_url, result_backend=None, settings=self.settings
+        )
+        pub = Publisher(app, HistoryWriter(self.history_dir, "publisher", "publisher"))
+        try:
+            return [pub.publish(TaskSpec(name=name, args=list(args)))[0] for _ in range(count)]
+        finally:
+            app.close()
 
     # -- observation -----------------------------------------------------------------------
 

@@ -15,11 +15,17 @@ from sample_app import tasks as _tasks  # noqa: F401  (registers the shared task
 from sample_app.config import configure
 
 TASKS_MODULE = "sample_app.tasks"
+#: Tasks for the time-limit and retry scenarios (a hanging task, auto-retrying fetches).
+CHAOS_TASKS_MODULE = "sample_app.chaos_tasks"
 
 
 def create_app(environ: Mapping[str, str], *, set_as_current: bool = True) -> Celery:
     """A new ``Celery("sample_app")`` configured from ``environ``, with the tasks registered."""
-    new_app = Celery("sample_app", include=[TASKS_MODULE], set_as_current=set_as_current)
+    new_app = Celery(
+        "sample_app",
+        include=[TASKS_MODULE, CHAOS_TASKS_MODULE],
+        set_as_current=set_as_current,
+    )
     return configure(new_app, environ)
 
 

@@ -80,8 +80,8 @@ class QueueCheckResult(BaseModel):
 
 
 def is_completion(rec: Record) -> bool:
-    """A terminal execution: ``succeeded``, or ``failed`` with a non-worker-lost exception."""
-    return rec.kind is Kind.SUCCEEDED or (rec.kind is Kind.FAILED and not rec.is_worker_lost)
+    """A terminal execution: ``succeeded``, or ``failed`` other than a drop (``is_dropped``)."""
+    return rec.kind is Kind.SUCCEEDED or (rec.kind is Kind.FAILED and not rec.is_dropped)
 
 
 def _drain_of(last: Record | None) -> DrainState:
@@ -131,6 +131,10 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
     revoked: set[str] = set()
     rejected: set[str] = set()
     last_drain: Record | None = None
+    # id -> pid of its last failure since its last start: Celery 5.7 fires task_failure twice
+    # for one hard time limit (Request.on_timeout, then on_failure), from the same process.
+    failed_by: dict[str, int] = {}
+    repeated = 0
 
     for rec in history.records:
         kind = rec.kind
@@ -149,12 +153,16 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
             completions[tid] += 1
             succeeded.add(tid)
         elif kind is Kind.FAILED:
-            if rec.is_worker_lost:
+            if rec.is_dropped:
                 worker_lost.add(tid)
+            elif failed_by.get(tid) == rec.pid:
+                repeated += 1  # the same run's failure reported twice: one completion
             else:
                 completions[tid] += 1
+                failed_by[tid] = rec.pid
         elif kind is Kind.STARTED:
             starts[tid] += 1
+            failed_by.pop(tid, None)
         elif kind is Kind.REVOKED:
             revoked.add(tid)
         elif kind is Kind.REJECTED:
@@ -237,6 +245,11 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
         notes.append(_ids_message(len(revoked), "tasks revoked", sorted(revoked)))
     if rejected:
         notes.append(_ids_message(len(rejected), "tasks rejected by a worker", sorted(rejected)))
+    if repeated:
+        notes.append(
+            f"{repeated} failure records repeated by the same process for one run "
+            "(a hard time limit fires task_failure twice): counted once"
+        )
     if history.torn_lines:
         notes.append(f"{history.torn_lines} torn history lines skipped")
 

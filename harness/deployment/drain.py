@@ -43,7 +43,7 @@ def outstanding_ids(history_dir: Path) -> tuple[set[str], int]:
             continue
         if rec.kind is Kind.OK:
             acked.add(rec.task_id)
-        elif rec.kind in _TERMINAL and not rec.is_worker_lost:
+        elif rec.kind in _TERMINAL and not rec.is_dropped:
             done.add(rec.task_id)
     return acked - done, len(hist.records)
 

@@ -144,6 +144,8 @@ class _Handler(BaseHTTPRequestHandler):
         mono_ns, wall_ns = time.monotonic_ns(), time.time_ns()
         status = self.server.owner._answer(self.path)
         body = f"{status} {HTTPStatus(status).phrase}\n".encode()
+        # Record before answering: a client that has its answer must find it in the log.
+        self.server.owner._record(self.path, wall_ns, mono_ns, status)
         try:
             self.send_response(status)
             self.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -152,8 +154,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except OSError:  # the client went away (e.g. its timeout fired during /slow)
             pass
-        finally:
-            self.server.owner._record(self.path, wall_ns, mono_ns, status)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request stderr line; requests are recorded in ``requests_log()``."""

@@ -223,6 +223,7 @@ def _on_before_publish(
         args=args,
         kwargs=kwargs,
         retries=(headers or {}).get("retries"),
+        eta=(headers or {}).get("eta"),  # when the message is due (a retry's countdown)
     )
 
 

@@ -65,6 +65,10 @@ HARNESS_KINDS = frozenset({Kind.FAULT, Kind.DEPLOYMENT, Kind.DRAIN, Kind.SCENARI
 
 #: Exception type names that mean "the worker lost the task", not "the task ran".
 WORKER_LOST_EXC = frozenset({"WorkerLostError"})
+#: Failures after which the message is gone without the task having run to an outcome: the
+#: worker lost it, or Celery rejected it without requeue (``Reject``, e.g. when a retry
+#: could not be published).
+DROPPED_EXC = WORKER_LOST_EXC | {"Reject"}
 
 
 class Record(BaseModel):
@@ -114,6 +118,11 @@ class Record(BaseModel):
     def is_worker_lost(self) -> bool:
         """True for a failure that means the worker lost the task, not that it ran."""
         return self.kind is Kind.FAILED and (self.exc_type or "") in WORKER_LOST_EXC
+
+    @property
+    def is_dropped(self) -> bool:
+        """True for a failure after which the task is gone without an outcome (see DROPPED_EXC)."""
+        return self.kind is Kind.FAILED and (self.exc_type or "") in DROPPED_EXC
 
 
 class SchemaVersionError(ValueError):
