@@ -60,7 +60,7 @@ class ScenarioResult(BaseModel):
 
 
 class RunVerdict(BaseModel):
-    """The content of ``verdict.json`` (schema documented in ``docs/verdict.md``)."""
+    """The content of ``verdict.json`` (schema documented in ``docs/report.md``)."""
 
     schema_version: int = VERDICT_SCHEMA_VERSION
     run_id: str
