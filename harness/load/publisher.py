@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import json
+import os
 import time
 import uuid
 from typing import Any
@@ -14,6 +16,10 @@ from harness.history.recorder import short_repr
 from harness.history.schema import Kind
 from harness.history.store import HistoryWriter
 from harness.load.workload import TaskSpec
+
+#: JSON object of extra ``send_task`` options for every publish (e.g. ``confirm_timeout``,
+#: ``retry``, ``retry_policy``): Celery passes them on to kombu's ``Producer.publish``.
+PUBLISH_OPTIONS_ENV = "CHAOS_PUBLISH_OPTIONS"
 
 #: Errors that mean the message certainly never reached the broker.
 _REFUSED = (ConnectionRefusedError,)
@@ -52,10 +58,19 @@ def confirms_enabled(app: Celery) -> bool:
 class Publisher:
     """Publishes by task name and records invoke/ok/fail/info for each publish."""
 
-    def __init__(self, app: Celery, writer: HistoryWriter | None) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        writer: HistoryWriter | None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.app = app
         self.writer = writer
         self.confirmed = confirms_enabled(app)
+        if options is None:  # from the environment, as the load generator runs
+            raw = os.environ.get(PUBLISH_OPTIONS_ENV)
+            options = json.loads(raw) if raw else {}
+        self.options: dict[str, Any] = dict(options)
 
     def publish(self, spec: TaskSpec) -> tuple[str, Kind, float, BaseException | None]:
         """Publish one task; return (task id, outcome kind, seconds, exception)."""
@@ -70,7 +85,7 @@ class Publisher:
         )
         t0 = time.monotonic_ns()
         exc: BaseException | None = None
-        options: dict[str, Any] = {"task_id": task_id}
+        options: dict[str, Any] = {**self.options, "task_id": task_id}
         if spec.queue:
             options["queue"] = spec.queue
         try:
