@@ -30,6 +30,7 @@ import pytest
 from celery import Celery
 
 from harness.checks.liveness import heal_to_full_throughput, publish_bounded, resume_consuming
+from harness.deployment.app_loader import merge_settings
 from harness.deployment.processes import wait_for
 from harness.history.schema import Kind
 from harness.history.store import read_history
@@ -71,17 +72,6 @@ SHORT_PUBLISH_RETRY = {
 }
 #: A publish (including its retries) must end within this, partition or not.
 PUBLISH_BOUND_S = 6.0
-
-
-def _merge(*parts: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for part in parts:
-        for key, value in part.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = {**out[key], **value}
-            else:
-                out[key] = value
-    return out
 
 
 def _wait_for_a_gap(chaos: Scenario, quiet_s: float = 0.1) -> None:
@@ -140,7 +130,7 @@ def _publishes_in_fault(chaos: Scenario) -> dict[str, int]:
 @pytest.mark.chaos
 def test_rabbitmq_partition_workers_resume(chaos: Scenario) -> None:
     """RabbitMQ, short heartbeat: a 15 s blackhole of every worker's link loses nothing."""
-    chaos.deploy("rabbitmq", proxied=True, settings=_merge(ACKS_LATE, HEARTBEAT, CONFIRMS))
+    chaos.deploy("rabbitmq", proxied=True, settings=merge_settings(ACKS_LATE, HEARTBEAT, CONFIRMS))
     _partition_under_load(chaos, "w*-broker", before=2, during=15, after=3)
     result = chaos.check(invariants=[resume_consuming(RESUME_BOUND_S)])
     recovery = heal_to_full_throughput(read_history(chaos.history_dir))
@@ -169,7 +159,7 @@ def test_redis_worker_partition_loses_the_brpop_in_flight(chaos: Scenario) -> No
     chaos.deploy(
         "redis",
         proxied=True,
-        settings=_merge(ACKS_LATE, REDIS_TIMEOUTS, REDIS_FAST_RESTORE),
+        settings=merge_settings(ACKS_LATE, REDIS_TIMEOUTS, REDIS_FAST_RESTORE),
         expect="invalid",
     )
     _partition_under_load(chaos, "w*-broker", before=2, during=4, after=2, in_a_gap=True)
@@ -204,7 +194,7 @@ def test_worker_that_never_resumes_is_flagged(chaos: Scenario) -> None:
         "rabbitmq",
         proxied=True,
         workers=1,
-        settings=_merge(ACKS_LATE, HEARTBEAT, CONFIRMS),
+        settings=merge_settings(ACKS_LATE, HEARTBEAT, CONFIRMS),
         expect="invalid",
     )
     chaos.load(tasks=int(RATE * 9), rate=RATE)
@@ -239,9 +229,9 @@ def test_worker_that_never_resumes_is_flagged(chaos: Scenario) -> None:
 )
 def test_redis_publisher_partition(chaos: Scenario, timeouts: str, expect: str) -> None:
     """Redis: with socket timeouts a blackholed publisher fails fast; without, it hangs."""
-    settings = _merge(ACKS_LATE, SHORT_PUBLISH_RETRY)
+    settings = merge_settings(ACKS_LATE, SHORT_PUBLISH_RETRY)
     if timeouts == "socket-timeouts":
-        settings = _merge(settings, REDIS_TIMEOUTS)
+        settings = merge_settings(settings, REDIS_TIMEOUTS)
     chaos.deploy("redis", proxied=True, workers=1, settings=settings, expect=expect)  # type: ignore[arg-type]
     _partition_under_load(chaos, "publisher-broker", before=2, during=8, after=2)
     result = chaos.check(invariants=[publish_bounded(PUBLISH_BOUND_S)], drain_timeout=20)
@@ -262,10 +252,10 @@ def test_redis_publisher_partition(chaos: Scenario, timeouts: str, expect: str) 
 def test_rabbitmq_publisher_partition(chaos: Scenario, confirms: str, expect: str) -> None:
     """RabbitMQ: confirms + confirm_timeout fail fast and lose nothing; without, publishes
     into the blackholed link "succeed" and vanish."""
-    settings = _merge(ACKS_LATE, SHORT_PUBLISH_RETRY, {"broker_connection_timeout": 1})
+    settings = merge_settings(ACKS_LATE, SHORT_PUBLISH_RETRY, {"broker_connection_timeout": 1})
     env: dict[str, str] = {}
     if confirms == "confirms":
-        settings = _merge(settings, CONFIRMS)
+        settings = merge_settings(settings, CONFIRMS)
         env[PUBLISH_OPTIONS_ENV] = json.dumps({"confirm_timeout": 1})
     chaos.deploy(
         "rabbitmq",

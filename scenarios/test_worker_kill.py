@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from harness.deployment.app_loader import merge_settings
 from harness.scenario import Scenario
 
 #: Publisher confirms on RabbitMQ, so a publish recorded ``ok`` really reached the broker.
@@ -40,17 +41,6 @@ SLOW_TASKS = {
 TASKS, RATE = 40, 20.0
 
 
-def _merge(*parts: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for part in parts:
-        for key, value in part.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = {**out[key], **value}
-            else:
-                out[key] = value
-    return out
-
-
 def _kill_mid_load(chaos: Scenario, target: str) -> list[str]:
     """Start the load, wait until w1 runs long tasks, kill ``target``; return the ids hit."""
     chaos.load(tasks=TASKS, rate=RATE)
@@ -69,7 +59,9 @@ def _kill_mid_load(chaos: Scenario, target: str) -> list[str]:
 @pytest.mark.parametrize("target", ["main", "child"])
 def test_rabbitmq_acks_late_survives_kill(chaos: Scenario, target: str) -> None:
     """acks_late + reject_on_worker_lost on RabbitMQ: a killed worker loses nothing."""
-    chaos.deploy("rabbitmq", settings=_merge(CONFIRMS, ACKS_LATE), env=SLOW_TASKS, concurrency=4)
+    chaos.deploy(
+        "rabbitmq", settings=merge_settings(CONFIRMS, ACKS_LATE), env=SLOW_TASKS, concurrency=4
+    )
     hit = _kill_mid_load(chaos, target)
     result = chaos.check()
     queue = result.invariants[0].summary
@@ -86,7 +78,7 @@ def test_rabbitmq_early_ack_loses_tasks(chaos: Scenario, target: str) -> None:
     """Negative control: Celery's default early ack loses the tasks a killed worker was running."""
     chaos.deploy(
         "rabbitmq",
-        settings=_merge(CONFIRMS, ACKS_EARLY),
+        settings=merge_settings(CONFIRMS, ACKS_EARLY),
         env=SLOW_TASKS,
         concurrency=4,
         expect="invalid",
@@ -105,7 +97,10 @@ def test_rabbitmq_early_ack_loses_tasks(chaos: Scenario, target: str) -> None:
 def test_redis_acks_late_recovers_after_visibility_timeout(chaos: Scenario) -> None:
     """acks_late on Redis: a killed worker's tasks come back once the visibility timeout passes."""
     chaos.deploy(
-        "redis", settings=_merge(ACKS_LATE, REDIS_FAST_RESTORE), env=SLOW_TASKS, concurrency=4
+        "redis",
+        settings=merge_settings(ACKS_LATE, REDIS_FAST_RESTORE),
+        env=SLOW_TASKS,
+        concurrency=4,
     )
     hit = _kill_mid_load(chaos, "main")
     result = chaos.check(drain_timeout=60)
@@ -123,7 +118,7 @@ def test_redis_early_ack_loses_tasks(chaos: Scenario) -> None:
     """Negative control on Redis: early ack loses the running tasks of a killed worker."""
     chaos.deploy(
         "redis",
-        settings=_merge(ACKS_EARLY, REDIS_FAST_RESTORE),
+        settings=merge_settings(ACKS_EARLY, REDIS_FAST_RESTORE),
         env=SLOW_TASKS,
         concurrency=4,
         expect="invalid",

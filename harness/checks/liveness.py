@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from harness.checks.queue import is_completion
 from harness.checks.verdict import Checker, InvariantResult, Verdict
-from harness.history.schema import Kind, Record
+from harness.history.schema import WORKER_KINDS, Kind, Record
 from harness.history.store import History
 
 RESUME = "workers_resume_consuming"
@@ -34,17 +34,7 @@ PUBLISH = "publish_bounded"
 S = 1_000_000_000
 
 #: Task records a worker (main process or pool child) writes: each one is activity.
-_ACTIVITY = frozenset(
-    {
-        Kind.RECEIVED,
-        Kind.STARTED,
-        Kind.SUCCEEDED,
-        Kind.FAILED,
-        Kind.RETRIED,
-        Kind.REVOKED,
-        Kind.REJECTED,
-    }
-)
+_ACTIVITY = WORKER_KINDS
 _RUN_ENDS = frozenset({Kind.SUCCEEDED, Kind.FAILED, Kind.RETRIED, Kind.REVOKED, Kind.REJECTED})
 #: Faults during which a worker is not expected to consume (it is dead or frozen).
 _DOWN_FAULTS = frozenset({"kill_worker", "pause_worker"})

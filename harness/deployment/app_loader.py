@@ -79,6 +79,18 @@ def apply_harness_config(
     return app
 
 
+def merge_settings(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Settings layered left to right; nested dicts (transport options) merge key by key."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = {**out[key], **value}
+            else:
+                out[key] = value
+    return out
+
+
 def settings_from_env(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, Any]:
     """The settings under test, from ``$CHAOS_CONF`` (a JSON object)."""
     environ = os.environ if environ is None else environ

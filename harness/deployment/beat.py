@@ -34,7 +34,7 @@ from harness.checks.beat import (
     beat_checker,
     entry_spec,
 )
-from harness.deployment.app_loader import CONF_ENV, app_from_env
+from harness.deployment.app_loader import CONF_ENV, app_from_env, merge_settings
 from harness.deployment.workers import Beat
 from harness.errors import InfrastructureError
 from harness.history.schema import Kind, Record
@@ -104,16 +104,6 @@ def _read_dump(proc: subprocess.Popen[str], timeout: float) -> BeatSchedule:
     return BeatSchedule.model_validate_json(out.strip().splitlines()[-1])
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
-        else:
-            out[key] = value
-    return out
-
-
 def add_beat(
     chaos: Scenario, name: str = "beat1", *, settings: dict[str, Any] | None = None
 ) -> Beat:
@@ -122,7 +112,7 @@ def add_beat(
     RedBeat without ``redbeat_redis_url`` gets the scenario's Redis (db 2): the broker's when
     the broker is Redis, else the result backend's, with keys prefixed by the scenario.
     """
-    conf = _merge(chaos.settings, settings or {})
+    conf = merge_settings(chaos.settings, settings or {})
     if "redbeat" in str(conf.get("beat_scheduler", "")).lower() and not conf.get(
         "redbeat_redis_url"
     ):
