@@ -45,7 +45,7 @@ def scenario_times() -> list[tuple[str, float, float]]:
             f"--junitxml={junit}",
         ]
         subprocess.run(cmd, cwd=ROOT, check=False, capture_output=True)
-        (run_dir,) = list((Path(tmp) / "reports").iterdir())
+        (run_dir,) = [p.parent for p in (Path(tmp) / "reports").glob("*/verdict.json")]
         verdict = json.loads((run_dir / "verdict.json").read_text())
         import xml.etree.ElementTree as ET
 
