@@ -32,6 +32,19 @@ from harness.errors import InfrastructureError
 FORKER = "(setsid sleep 1000 &); sleep 1000 & echo started; wait"
 
 
+def _own_session_sleepers(proc: ManagedProcess) -> int:
+    """Marked processes, other than ``proc``, that lead a session (the setsid'd daemon)."""
+    n = 0
+    for p in find_processes(proc.marker):
+        if p.pid == proc.pid:
+            continue
+        try:
+            n += os.getsid(p.pid) == p.pid
+        except ProcessLookupError:
+            continue
+    return n
+
+
 def _started(proc: ManagedProcess) -> bool:
     return "started" in proc.log_path.read_text()
 
@@ -67,6 +80,8 @@ def test_signal_group_reaches_the_group_but_not_daemons(tmp_path: Path) -> None:
     proc = ManagedProcess("forker", ["sh", "-c", FORKER], tmp_path)
     proc.start().wait_ready(lambda: _started(proc), timeout=10)
     assert wait_for(lambda: count_processes(proc.marker) == 3, 5)
+    # The daemon has left the group only once setsid has run: wait for that, not just for it.
+    assert wait_for(lambda: _own_session_sleepers(proc) == 1, 5)
     proc.signal_group(signal.SIGKILL)
     assert proc.wait_exit(5) == -signal.SIGKILL
     assert wait_for(lambda: count_processes(proc.marker) == 1, 5)  # the setsid'd sleep
