@@ -130,3 +130,17 @@ def test_writer_reopens_after_fork(tmp_path: Path) -> None:
     parent_lines = [json.loads(x) for x in parent_path.read_text().splitlines()]
     assert [r["task_id"] for r in parent_lines] == ["parent-before", "parent-after"]
     assert [r.task_id for r in read_history(tmp_path)] == ["parent-before", "child", "parent-after"]
+
+
+def test_a_line_that_is_not_a_json_object_counts_as_torn(tmp_path: Path) -> None:
+    """Both readers (validated and raw) share one file reader and one rule for torn lines."""
+    from harness.history.store import read_raw
+
+    writer = HistoryWriter(tmp_path, "worker", "w1@chaos")
+    writer.write(Kind.STARTED, task_id="t1", task_name="x")
+    with writer.path.open("a") as fh:
+        fh.write("[1, 2]\n")
+    history = read_history(tmp_path)
+    raws, files, torn = read_raw(tmp_path)
+    assert len(history) == 1 and history.torn_lines == 1
+    assert len(raws) == 1 and torn == 1 and files == [writer.path]

@@ -8,7 +8,6 @@ from the exact values of each time bin, never from buckets.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from bisect import bisect_left, bisect_right
@@ -16,6 +15,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from harness.history.store import read_raw
 
 NS = 1_000_000_000
 #: Chart bins: the smallest of these widths giving at most ``MAX_BINS`` bins.
@@ -36,22 +37,13 @@ _WORKER_NODE = re.compile(r"w\d+")
 
 def read_records(history_dir: str | Path) -> tuple[list[dict[str, Any]], int]:
     """Every record of a history directory as a dict, in monotonic order, and torn lines."""
+    raws, _, torn = read_raw(history_dir)
     records: list[dict[str, Any]] = []
-    torn = 0
-    for path in sorted(Path(history_dir).glob("*.jsonl")):
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    torn += 1
-                    continue
-                if isinstance(rec, dict) and "mono_ns" in rec and "kind" in rec:
-                    records.append(rec)
-                else:
-                    torn += 1
+    for rec in raws:
+        if "mono_ns" in rec and "kind" in rec:
+            records.append(rec)
+        else:
+            torn += 1
     records.sort(key=lambda r: (r["mono_ns"], r.get("wall_ns", 0)))
     return records, torn
 
