@@ -584,6 +584,11 @@ class _EntryWalker:
             # Inside the window of the tick just served: that tick fired twice.
             self.duplicate(fire, last.due, "after it was served")
             return
+        if last is not None and last.fired is not None and self._disrupted(last.fired, fire.t):
+            # Before the next tick's window, from a beat restarted (or taking over) since the
+            # last tick was served: the restart served that tick again (a stale schedule).
+            self.duplicate(fire, last.due, "again after a beat restart")
+            return
         j = bisect.bisect_left(self.times, lo, lo=i + 1)
         if j < len(self.times) and self.times[j] <= hi:
             self.duplicate(fire, self.d, f"{self.d - fire.t:.2f} s early; another fire served it")
@@ -591,6 +596,10 @@ class _EntryWalker:
         # Nothing serves the tick on time: this fire is the tick, early.
         self.tick(self.d, fire, status="early")
         self.d = self.next_due(fire.t)
+
+    def _disrupted(self, after: float, before: float) -> bool:
+        """Whether a beat was stopped or killed between ``after`` and ``before``."""
+        return any(after < dis.at < before for dis in self.disruptions)
 
     def hi_of(self, tick: Tick) -> float:
         """Until when a second fire counts as the same tick: its late bound, or its fire's."""
