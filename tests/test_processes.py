@@ -26,6 +26,7 @@ from harness.deployment.processes import (
     wait_for,
 )
 from harness.errors import InfrastructureError
+from tests import restore_sigint
 
 # A shell that leaves two grandchildren: one in its process group, one double-forked into a new
 # session (reparented to init, like `epmd -daemon`).
@@ -177,6 +178,7 @@ def harness_children(tmp_path_factory: pytest.TempPathFactory):
             [sys.executable, str(script), str(run_dir)],
             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
             env={k: v for k, v in os.environ.items() if k != "CHAOS_RUN_ID"},
+            preexec_fn=restore_sigint,
         )
         children[ending] = (proc, run_dir, log)
     yield children

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.deployment.processes import RUN_ENV, count_processes, find_processes
+from harness.deployment.processes import RUN_ENV, count_processes, find_processes, kill_marked
+from tests import restore_sigint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,16 +69,28 @@ def _run(tmp_path: Path, test: str, sig: int | None) -> tuple[int, str, Path, st
     ]
     env = {**os.environ, RUN_ENV: marker, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=restore_sigint,
     )
-    if sig is not None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "DEPLOYED" in line:
-                break
-        assert count_processes(marker) >= 3, "redis, the worker and its pool child are up"
-        proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=120)
+    try:
+        if sig is not None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if "DEPLOYED" in line:
+                    break
+            assert count_processes(marker) >= 3, "redis, the worker and its pool child are up"
+            proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # a failed assertion or a time-out: leave nothing behind
+            proc.kill()
+            proc.wait()
+            kill_marked(marker)
     return proc.returncode, out or "", reports, marker
 
 
