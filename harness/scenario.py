@@ -17,7 +17,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,15 @@ _ENDS = {Kind.SUCCEEDED, Kind.FAILED, Kind.RETRIED}
 #: Where to find the broker binaries when they are not where the Debian packages put them.
 RABBITMQ_BIN_ENV = "CHAOS_RABBITMQ_BIN_DIR"
 REDIS_SERVER_ENV = "CHAOS_REDIS_SERVER"
+
+
+def _in_parallel(steps: list[Callable[[], object]]) -> None:
+    """Run ``steps`` in threads, wait for all, then raise the first error, if any."""
+    with ThreadPoolExecutor(max_workers=max(1, len(steps))) as pool:
+        futures = [pool.submit(step) for step in steps]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]  # type: ignore[misc]
 
 
 def redis_server(run_dir: Path, **kwargs: Any) -> RedisServer:
@@ -480,8 +490,9 @@ class Scenario:
             self.result.error = error
         steps: list[Any] = [run.stop for run in self.loads]
         steps += [self.sampler.stop] if self.sampler is not None else []
-        steps += [b.stop for b in self.beats.values()]
-        steps += [w.stop for w in self.workers.values()]
+        # Every beat and worker at once: each warm shutdown takes seconds.
+        procs = [*self.beats.values(), *self.workers.values()]
+        steps += [lambda: _in_parallel([p.stop for p in procs])] if procs else []
         if self.broker_kind == "redis" and self.broker is not None:
             steps.append(self.broker.stop)
         steps += [s.stop for s in (self.smtp, self.http) if s is not None]
