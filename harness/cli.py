@@ -83,6 +83,9 @@ def _scenario_dirs(path: Path) -> list[Path]:
 
 def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
     """Re-check every history under ``path``; compare with what each scenario declared."""
+    from pydantic import ValidationError
+
+    from harness.checks.registry import UnknownChecker, rebuild
     from harness.checks.verdict import Verdict, check_history
     from harness.history.store import read_history
     from harness.report.results import ScenarioResult
@@ -94,17 +97,35 @@ def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
     out = []
     for sdir in _scenario_dirs(path):
         hist_dir = sdir / "history" if (sdir / "history").is_dir() else sdir
-        history = read_history(hist_dir)
+        try:
+            history = read_history(hist_dir)
+        except ValueError as exc:
+            raise UsageError(f"{hist_dir}: {exc}") from None
         expect = "valid"
         declared_once = exactly_once
+        extra = []
+        kept = []
         result_file = sdir / "result.json"
         if result_file.is_file():
-            stored = ScenarioResult.model_validate_json(result_file.read_text())
+            try:
+                stored = ScenarioResult.model_validate_json(result_file.read_text())
+                extra = [rebuild(spec) for spec in stored.checkers]
+            except (ValidationError, UnknownChecker) as exc:
+                first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc
+                raise UsageError(f"{result_file} is not a scenario result: {first}") from None
             expect = stored.expect
             declared_once = exactly_once or any(
                 i.summary.get("exactly_once") for i in stored.invariants
             )
-        invariants = check_history(history, exactly_once=declared_once)
+            kept = stored.invariants
+        invariants = check_history(history, exactly_once=declared_once, extra=extra)
+        # A checker stored without a spec (a custom function): its recorded result stands.
+        judged = {i.name for i in invariants}
+        invariants += [
+            i.model_copy(update={"problems": [*i.problems, "(as recorded: not re-judged)"]})
+            for i in kept
+            if i.name not in judged
+        ]
         verdict = Verdict.combine(i.verdict for i in invariants)
         as_declared = verdict.value == expect
         if not as_declared:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from celery import Celery
 
 from harness.checks.queue import recovery_time
-from harness.checks.verdict import Checker, Verdict, check_history
+from harness.checks.verdict import Checker, Verdict, check_history, spec_of
 from harness.deployment.app_loader import apply_harness_config, load_app
 from harness.deployment.brokers import RabbitMQServer, RedisServer
 from harness.deployment.drain import drain
@@ -455,6 +455,7 @@ class Scenario:
             writer=self.writer,
         )
         history = read_history(self.history_dir)
+        invariants = list(invariants)
         results = check_history(history, exactly_once=exactly_once, extra=invariants)
         verdict = Verdict.combine(i.verdict for i in results)
         metrics: dict[str, Any] = {
@@ -472,6 +473,7 @@ class Scenario:
         self.result.verdict = verdict
         self.result.checked = True
         self.result.invariants = results
+        self.result.checkers = [spec for c in invariants if (spec := spec_of(c)) is not None]
         self.result.metrics = metrics
         self.save()
         return self.result

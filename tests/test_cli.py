@@ -105,3 +105,60 @@ def test_missing_broker_binary_is_one_line_exit_2(tmp_path: Path) -> None:
     assert lines and "apt-get install" in lines[0], out
     (run_dir,) = [p.parent for p in (tmp_path / "reports").glob("*/verdict.json")]
     assert json.loads((run_dir / "verdict.json").read_text())["exit_code"] == 2
+
+
+def _scenario(run: Path, bound_s: float) -> Path:
+    """A scenario directory whose result.json declares a publish_bounded checker and expects
+    it to flag the one publish that took 10 s."""
+    from harness.checks.liveness import publish_bounded
+    from harness.checks.verdict import spec_of
+    from harness.report.results import ScenarioResult
+
+    sdir = run / "scenarios" / "slow_publish"
+    hist = _history(sdir, lose=False)
+    pub = HistoryWriter(hist, "publisher", "publisher-2")
+    pub.write(Kind.INVOKE, task_id="slow", task_name="x", mono_ns=1, wall_ns=1)
+    pub.write(Kind.OK, task_id="slow", task_name="x", mono_ns=10**10 + 1, wall_ns=10**10 + 1)
+    HistoryWriter(hist, "worker", "w1@chaos").write(Kind.SUCCEEDED, task_id="slow", task_name="x")
+    result = ScenarioResult(
+        name="slow_publish", expect="invalid", checkers=[spec_of(publish_bounded(bound_s))]
+    )
+    (sdir / "result.json").write_text(result.model_dump_json())
+    return run
+
+
+def test_analyze_rebuilds_the_scenarios_own_checkers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Bound 6 s: the 10 s publish is flagged, as the scenario declared.
+    assert main(["analyze", str(_scenario(tmp_path / "a", 6.0))]) == 0
+    assert "publish_bounded" in capsys.readouterr().out
+    # Bound 20 s: nothing to flag, so the run is not as declared: the checker really ran.
+    assert main(["analyze", str(_scenario(tmp_path / "b", 20.0))]) == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('{"v": null, "kind": "ok"}', "schema version None"),
+        ('{"v": 1, "kind": "nonsense", "wall_ns": 1, "mono_ns": 1, "pid": 1}', "kind"),
+    ],
+)
+def test_analyze_bad_records_are_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, says: str
+) -> None:
+    hist = _history(tmp_path / "run", lose=False)
+    (hist / "bad.jsonl").write_text(line + "\n")
+    assert main(["analyze", str(hist)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+
+
+def test_analyze_corrupt_result_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _scenario(tmp_path / "run", 6.0)
+    (run / "scenarios" / "slow_publish" / "result.json").write_text('{"name": 3}')
+    assert main(["analyze", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a scenario result" in err[0], err

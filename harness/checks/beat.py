@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 from celery.schedules import BaseSchedule, crontab, schedule
 from pydantic import BaseModel, Field
 
-from harness.checks.verdict import Checker, InvariantResult, Verdict
+from harness.checks.verdict import Checker, InvariantResult, Verdict, with_spec
 from harness.history.recorder import short_repr
 from harness.history.schema import Kind, Record
 from harness.history.store import History
@@ -713,4 +713,4 @@ def beat_checker(
             check_beat(history, early_s=early_s, margin_s=margin_s, takeover_s=takeover_s)
         )
 
-    return check
+    return with_spec(check, "beat", early_s=early_s, margin_s=margin_s, takeover_s=takeover_s)

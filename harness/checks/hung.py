@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from harness.checks.verdict import Checker, InvariantResult, Verdict
+from harness.checks.verdict import Checker, InvariantResult, Verdict, with_spec
 from harness.history.schema import Kind, Record
 from harness.history.store import History
 
@@ -158,4 +158,4 @@ def no_hung_tasks(bound_s: float, *, name: str = NAME) -> Checker:
         return check_hung(history, bound_s, name=name)
 
     checker.__name__ = name
-    return checker
+    return with_spec(checker, "no_hung_tasks", bound_s=bound_s, name=name)

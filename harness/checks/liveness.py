@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from harness.checks.queue import is_completion
-from harness.checks.verdict import Checker, InvariantResult, Verdict
+from harness.checks.verdict import Checker, InvariantResult, Verdict, with_spec
 from harness.history.schema import WORKER_KINDS, Kind, Record
 from harness.history.store import History
 
@@ -322,7 +322,7 @@ def resume_consuming(bound_s: float = 10.0) -> Checker:
     def checker(history: History) -> InvariantResult:
         return check_resume_consuming(history, bound_s)
 
-    return checker
+    return with_spec(checker, "resume_consuming", bound_s=bound_s)
 
 
 # -- publishes stay bounded ----------------------------------------------------------------
@@ -379,7 +379,7 @@ def publish_bounded(bound_s: float) -> Checker:
     def checker(history: History) -> InvariantResult:
         return check_publish_bounded(history, bound_s)
 
-    return checker
+    return with_spec(checker, "publish_bounded", bound_s=bound_s)
 
 
 # -- heal to full throughput ---------------------------------------------------------------

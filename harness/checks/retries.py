@@ -27,12 +27,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from harness.checks.queue import drain_state
-from harness.checks.verdict import Checker, InvariantResult, Verdict
+from harness.checks.verdict import Checker, InvariantResult, Verdict, with_spec
 from harness.history.schema import Kind, Record
 from harness.history.store import History
 
@@ -268,4 +268,25 @@ def retry_policy(
         )
 
     checker.__name__ = name
-    return checker
+    return with_spec(
+        checker,
+        NAME,
+        policies=[policy_to_json(p) for p in policies],
+        expect={k: asdict(v) for k, v in (expect or {}).items()},
+        tolerance_s=tolerance_s,
+        name=name,
+    )
+
+
+def policy_to_json(policy: RetryPolicy) -> dict[str, Any]:
+    """A policy as JSON, for the scenario's stored checker spec."""
+    kind = "fixed" if isinstance(policy.countdown, Fixed) else "backoff"
+    return {**asdict(policy), "countdown": {"kind": kind, **asdict(policy.countdown)}}
+
+
+def policy_from_json(data: dict[str, Any]) -> RetryPolicy:
+    """The inverse of :func:`policy_to_json`."""
+    countdown = dict(data["countdown"])
+    kind = countdown.pop("kind")
+    cd: Fixed | Backoff = Fixed(**countdown) if kind == "fixed" else Backoff(**countdown)
+    return RetryPolicy(data["task_name"], cd, data.get("max_retries"))

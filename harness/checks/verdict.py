@@ -51,6 +51,22 @@ def overall(results: Iterable[InvariantResult]) -> Verdict:
 #: An invariant: a pure function from a history to its result.
 Checker = Callable[[History], InvariantResult]
 
+#: Attribute a checker factory sets on what it returns: ``{"checker": factory, "params": {}}``,
+#: stored in ``result.json`` so that ``celery-chaos analyze`` can rebuild the checker.
+SPEC_ATTR = "chaos_spec"
+
+
+def with_spec(checker: Checker, factory: str, **params: Any) -> Checker:
+    """Tag ``checker`` with the factory and JSON parameters that rebuild it
+    (:func:`harness.checks.registry.rebuild`)."""
+    setattr(checker, SPEC_ATTR, {"checker": factory, "params": params})
+    return checker
+
+
+def spec_of(checker: Checker) -> dict[str, Any] | None:
+    """The stored form of ``checker``, or None for one that cannot be rebuilt."""
+    return getattr(checker, SPEC_ATTR, None)
+
 
 def check_history(
     history: History, *, exactly_once: bool = False, extra: Iterable[Checker] = ()

@@ -126,4 +126,4 @@ class Record(BaseModel):
 
 
 class SchemaVersionError(ValueError):
-    """A history file was written by a newer, incompatible schema."""
+    """A history record this celery-chaos cannot read: a newer schema, or not a record."""

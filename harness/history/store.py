@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from harness.history.schema import SCHEMA_VERSION, Kind, Record, SchemaVersionError
 
 #: Environment variable that tells every process where the history lives.
@@ -147,13 +149,29 @@ def parse_lines(lines: Iterable[str]) -> tuple[list[Record], int]:
 def _validate(raws: list[dict[str, Any]]) -> list[Record]:
     records: list[Record] = []
     for raw in raws:
-        if int(raw.get("v", 1)) > SCHEMA_VERSION:
+        version = raw.get("v", 1)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise SchemaVersionError(f"history record has schema version {version!r}: not a number")
+        if version > SCHEMA_VERSION:
             raise SchemaVersionError(
-                f"history record has schema v{raw.get('v')}, this celery-chaos reads up to "
+                f"history record has schema v{version}, this celery-chaos reads up to "
                 f"v{SCHEMA_VERSION}: upgrade celery-chaos"
             )
-        records.append(Record.model_validate(raw))
+        try:
+            records.append(Record.model_validate(raw))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "record"
+            raise SchemaVersionError(
+                f"history record {short_json(raw)} is not valid: {where}: {first['msg']}"
+            ) from None
     return records
+
+
+def short_json(raw: Any, limit: int = 80) -> str:
+    """``raw`` as compact JSON, cut to ``limit`` characters for a one-line message."""
+    text = json.dumps(raw, separators=(",", ":"), default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_history(directory: str | os.PathLike[str]) -> History:

@@ -44,6 +44,9 @@ class ScenarioResult(BaseModel):
     verdict: Verdict = Verdict.UNKNOWN
     checked: bool = False  # False: the scenario stopped before its check ran
     invariants: list[InvariantResult] = Field(default_factory=list)
+    #: The scenario's own checkers as ``{"checker": name, "params": {...}}``, so that
+    #: ``celery-chaos analyze`` rebuilds them (harness/checks/registry.py).
+    checkers: list[dict[str, Any]] = Field(default_factory=list)
     metrics: dict[str, Any] = Field(default_factory=dict)
     history_dir: str = ""
     log_dir: str = ""

@@ -1,0 +1,51 @@
+"""Rebuild a scenario's invariants from the specs stored in its ``result.json``.
+
+Each checker factory (``no_hung_tasks``, ``resume_consuming``, ``publish_bounded``,
+``retry_policy``, ``beat``) tags what it returns with its name and JSON parameters
+(:func:`harness.checks.verdict.with_spec`); ``Scenario.check`` stores them as
+``result.checkers`` and ``celery-chaos analyze`` rebuilds them here to re-judge a history.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.checks.beat import beat_checker
+from harness.checks.hung import no_hung_tasks
+from harness.checks.liveness import publish_bounded, resume_consuming
+from harness.checks.retries import Expected, policy_from_json, retry_policy
+from harness.checks.verdict import Checker
+
+
+def _retry_policy(params: dict[str, Any]) -> Checker:
+    return retry_policy(
+        *(policy_from_json(p) for p in params["policies"]),
+        expect={k: Expected(**v) for k, v in params.get("expect", {}).items()} or None,
+        tolerance_s=params["tolerance_s"],
+        name=params["name"],
+    )
+
+
+_FACTORIES: dict[str, Any] = {
+    "no_hung_tasks": lambda p: no_hung_tasks(**p),
+    "resume_consuming": lambda p: resume_consuming(**p),
+    "publish_bounded": lambda p: publish_bounded(**p),
+    "beat": lambda p: beat_checker(**p),
+    "retry_policy": _retry_policy,
+}
+
+
+class UnknownChecker(ValueError):
+    """A stored spec names no checker this celery-chaos knows, or has bad parameters."""
+
+
+def rebuild(spec: dict[str, Any]) -> Checker:
+    """The checker a stored spec describes."""
+    name = spec.get("checker")
+    factory = _FACTORIES.get(str(name))
+    if factory is None:
+        raise UnknownChecker(f"no checker named {name!r}")
+    try:
+        return factory(dict(spec.get("params") or {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UnknownChecker(f"checker {name!r}: bad parameters ({exc})") from None
