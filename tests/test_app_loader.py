@@ -61,3 +61,18 @@ def test_bad_app_paths_give_one_line_errors(spec: str, message: str) -> None:
 def test_bad_chaos_conf_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="CHAOS_CONF"):
         app_from_env({"CHAOS_APP": "tests.userapp.app:app", "CHAOS_CONF": "{nope"})
+
+
+def test_an_app_that_fails_on_import_is_a_usage_error(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sample app rejects a bad boolean at import time; so may a user's module.
+    monkeypatch.setenv("SAMPLE_ACKS_LATE", "maybe")
+    monkeypatch.delitem(__import__("sys").modules, "sample_app.app", raising=False)
+    with pytest.raises(UsageError, match="SAMPLE_ACKS_LATE='maybe' is not a boolean") as err:
+        load_app("sample_app.app:app")
+    assert "\n" not in str(err.value)
+    (tmp_path / "factory_mod.py").write_text("def make():\n    raise RuntimeError('no config')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UsageError, match="app factory .* failed: RuntimeError: no config"):
+        load_app("factory_mod:make")

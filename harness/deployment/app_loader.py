@@ -41,13 +41,23 @@ def load_app(spec: str) -> Celery:
             f"cannot import {module_name!r} for --chaos-app {spec!r}: {exc} "
             "(is it on PYTHONPATH / installed?)"
         ) from exc
+    except Exception as exc:  # noqa: BLE001 - the user's module failed: say so in one line
+        raise UsageError(
+            f"importing {module_name!r} for --chaos-app {spec!r} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     obj = getattr(module, attr or "app", None)
     if obj is None:
         raise UsageError(
             f"{module_name!r} has no attribute {attr or 'app'!r} (--chaos-app {spec!r})"
         )
     if inspect.isfunction(obj):  # an app factory
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as exc:  # noqa: BLE001
+            raise UsageError(
+                f"the app factory {spec!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
     if not isinstance(obj, Celery):
         raise UsageError(f"--chaos-app {spec!r} is a {type(obj).__name__}, not a Celery app")
     return obj
