@@ -41,13 +41,32 @@ def test_publish_outcome_classification(exc: BaseException, kind: Kind) -> None:
     assert classify_publish_error(exc) is kind
 
 
-def test_locustfile_runs_standalone(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("app", "workload", "extra_env"),
+    [
+        ("tests.userapp.app:app", "tests/userapp/workload.yaml", {}),
+        # The README's example: the sample workload's placeholders come from the environment.
+        (
+            "sample_app.app:app",
+            "sample_app/workload.yaml",
+            {
+                "CHAOS_HTTP_BASE": "http://127.0.0.1:9",
+                "CHAOS_SMTP_HOST": "127.0.0.1",
+                "CHAOS_SMTP_PORT": "9",
+            },
+        ),
+    ],
+)
+def test_locustfile_runs_standalone(
+    tmp_path: Path, app: str, workload: str, extra_env: dict[str, str]
+) -> None:
     redis = RedisServer(tmp_path).start()
     try:
         hist = tmp_path / "history"
         env = {
             **os.environ,
-            "CHAOS_APP": "tests.userapp.app:app",
+            **extra_env,
+            "CHAOS_APP": app,
             "CHAOS_BROKER_URL": redis.url(0),
             "CHAOS_RESULT_BACKEND": redis.url(1),
             "CHAOS_HISTORY_DIR": str(hist),
@@ -68,7 +87,7 @@ def test_locustfile_runs_standalone(tmp_path: Path) -> None:
             "30s",
             "--only-summary",
             "--chaos-workload",
-            str(ROOT / "tests" / "userapp" / "workload.yaml"),
+            str(ROOT / workload),
             "--chaos-tasks",
             "25",
             "--chaos-rate",
@@ -78,11 +97,16 @@ def test_locustfile_runs_standalone(tmp_path: Path) -> None:
         ]
         proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=90)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        kinds = Counter(r.kind for r in read_history(hist))
+        records = read_history(hist).records
+        kinds = Counter(r.kind for r in records)
         assert kinds[Kind.INVOKE] == 25 and kinds[Kind.OK] == 25
+        text = " ".join(f"{r.args} {r.kwargs}" for r in records if r.kind is Kind.INVOKE)
+        # Every placeholder filled in.
+        assert not any(f"{{{k}}}" in text for k in ("http_base", "smtp_host", "smtp_port")), text
         stats = json.loads((tmp_path / "stats.json").read_text())
         assert sum(e["num_requests"] for e in stats) == 25
         with redis.client(0) as client:  # the messages really are on the broker
-            assert client.llen("images") + client.llen("celery") == 25
+            lists = [k for k in client.keys() if client.type(k) in (b"list", "list")]
+            assert sum(client.llen(k) for k in lists) == 25
     finally:
         redis.stop()

@@ -25,6 +25,7 @@ os.environ.setdefault("CHAOS_ROLE", "publisher")
 os.environ.setdefault("CHAOS_NODE_NAME", "publisher")
 
 from harness.deployment.celery_app import app  # noqa: E402
+from harness.errors import UsageError  # noqa: E402
 from harness.history import recorder  # noqa: E402
 from harness.history.schema import Kind  # noqa: E402
 from harness.load.publisher import Publisher  # noqa: E402
@@ -66,8 +67,23 @@ def _workload(options) -> Workload:  # type: ignore[no-untyped-def]
     if os.environ.get("CHAOS_WORKLOAD_JSON"):
         return parse_workload(json.loads(os.environ["CHAOS_WORKLOAD_JSON"]), "CHAOS_WORKLOAD_JSON")
     if options.chaos_workload:
-        return load_workload(options.chaos_workload)
+        try:
+            return load_workload(options.chaos_workload).render(_placeholders())
+        except UsageError as exc:
+            raise SystemExit(f"celery-chaos: {exc}") from None
     raise SystemExit("no workload: pass --chaos-workload FILE or set CHAOS_WORKLOAD_JSON")
+
+
+#: Standalone runs fill a workload file's placeholders from these variables.
+PLACEHOLDER_ENV = {
+    "http_base": "CHAOS_HTTP_BASE",
+    "smtp_host": "CHAOS_SMTP_HOST",
+    "smtp_port": "CHAOS_SMTP_PORT",
+}
+
+
+def _placeholders() -> dict[str, str]:
+    return {k: os.environ[v] for k, v in PLACEHOLDER_ENV.items() if os.environ.get(v)}
 
 
 @events.test_start.add_listener
