@@ -56,9 +56,11 @@ def cmd_run(pytest_args: list[str]) -> int:
     args = list(pytest_args)
     if args[:1] == ["--"]:
         args = args[1:]
-    if not any(not a.startswith("-") for a in args):
-        default = Path("scenarios")
-        if not default.is_dir():
+    # Option values (`-k kill`, `--chaos-app pkg:app`) are not paths: look for a real one.
+    if not any(Path(a.split("::")[0]).exists() for a in args if not a.startswith("-")):
+        bundled = Path(__file__).resolve().parent.parent / "scenarios"  # a checkout's
+        default = next((d for d in (Path("scenarios"), bundled) if d.is_dir()), None)
+        if default is None:
             raise UsageError(
                 "no scenarios/ directory here: pass a path, e.g. "
                 "`celery-chaos run path/to/scenarios`"

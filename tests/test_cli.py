@@ -162,3 +162,22 @@ def test_analyze_corrupt_result_is_one_line_exit_2(
     assert main(["analyze", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a scenario result" in err[0], err
+
+
+@pytest.mark.parametrize(
+    ("argv", "adds_default"),
+    [
+        (["-k", "kill"], True),
+        (["--chaos-app", "mycompany.tasks:app", "-q"], True),
+        (["scenarios/test_worker_kill.py::test_redis_early_ack_loses_tasks"], False),
+        (["scenarios"], False),
+    ],
+)
+def test_run_adds_the_scenarios_only_when_no_path_is_given(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], adds_default: bool
+) -> None:
+    seen: list[list[str]] = []
+    monkeypatch.setattr("pytest.main", lambda args: seen.append(args) or 0)
+    monkeypatch.chdir(ROOT)
+    assert main(["run", *argv]) == 0
+    assert seen[0] == argv + (["scenarios"] if adds_default else []), seen
