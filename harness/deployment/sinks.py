@@ -11,7 +11,6 @@ import email.policy
 import errno
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -25,15 +24,12 @@ from urllib.parse import parse_qs, urlsplit
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from harness.deployment.processes import free_port
+from harness.errors import InfrastructureError
+
 LOOPBACK = "127.0.0.1"
 TASK_ID_HEADER = "X-Celery-Task-Id"  # set by sample_app.tasks.send_email
 MAX_SLOW_SECONDS = 300.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 class _RecordingHandler:
@@ -89,21 +85,26 @@ class SmtpSink:
         self.record_path.touch()
         last: OSError | None = None
         for _ in range(self._start_attempts):
-            port = _free_port()
+            port = free_port()
             controller = Controller(
                 _RecordingHandler(self.record_path), hostname=LOOPBACK, port=port
             )
             try:
                 controller.start()
             except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
                 controller.loop.close()
+                if exc.errno != errno.EADDRINUSE:
+                    raise InfrastructureError(
+                        f"the SMTP sink cannot listen on {LOOPBACK}:{port}: {exc}"
+                    ) from exc
                 last = exc
                 continue
             self._controller, self.port = controller, port
             return self
-        raise OSError(f"SmtpSink: no free port after {self._start_attempts} attempts") from last
+        raise InfrastructureError(
+            f"the SMTP sink found no free loopback port after {self._start_attempts} attempts: "
+            "free some ports or stop other servers"
+        ) from last
 
     def stop(self) -> None:
         """Stop serving and release the port (no-op when not running)."""
