@@ -27,7 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ChaosError, UsageError
+from harness.deployment.processes import wait_for
+from harness.errors import ChaosError, InfrastructureError, UsageError
 from harness.load.runner import LOCUSTFILE, LoadRun
 
 #: ``NAME[:TARGET]@AT[+DURATION]``, e.g. ``kill-worker:w1@10s``, ``pause-worker:w2@5s+3s``.
@@ -43,6 +44,9 @@ FAULT_KINDS = {
 _WORKER_FAULTS = {"kill-worker", "kill-child", "pause-worker", "restart-worker"}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+#: How long a ``--master`` waits for its workers (Locust's ``--expect-workers-max-wait``).
+MASTER_WAIT_S = 120.0
 
 
 def parse_duration(text: str, what: str = "duration") -> float:
@@ -178,7 +182,7 @@ class CommandLoadRun(LoadRun):
             cmd += ["--master", "--master-bind-host", "127.0.0.1",
                     "--master-bind-port", str(self.master_port),
                     "--expect-workers", str(self.expect_workers),
-                    "--expect-workers-max-wait", "120"]
+                    "--expect-workers-max-wait", str(int(MASTER_WAIT_S))]
         return cmd
 
     def worker_script(self) -> Path:
@@ -288,12 +292,23 @@ def _load_run(args: argparse.Namespace, opts: LoadOptions, workload: Any, env: d
     )
 
 
-def _start(run: CommandLoadRun) -> None:
+def _start(run: CommandLoadRun, history_dir: Path) -> None:
+    """Start Locust; a ``--master`` returns only once its workers publish, so that the fault
+    schedule counts from the load's start, not from the wait for workers."""
     run.start()
     if run.master:
         script = run.worker_script()
         print(f"celery-chaos: Locust master on 127.0.0.1:{run.master_port}; start "
               f"{run.expect_workers} worker(s) with: sh {script}", flush=True)
+
+        def publishing() -> bool:
+            return any(f.stat().st_size for f in history_dir.glob("publisher-*.jsonl"))
+
+        if not wait_for(publishing, MASTER_WAIT_S + 10, interval=0.1):
+            raise InfrastructureError(
+                f"no Locust worker published within {MASTER_WAIT_S:.0f} s: start them with "
+                f"sh {script}"
+            )
 
 
 def _run_local(args: argparse.Namespace, opts: LoadOptions, run_dir: Path, command: str,
@@ -311,7 +326,7 @@ def _run_local(args: argparse.Namespace, opts: LoadOptions, run_dir: Path, comma
         wl = workload.render(scenario.placeholders())
         run = _load_run(args, opts, wl, scenario.env, scenario.dir / "load-1")
         scenario.loads.append(run)
-        _start(run)
+        _start(run, scenario.history_dir)
         t0 = time.monotonic()
         for fault in opts.faults:
             time.sleep(max(0.0, t0 + fault.at - time.monotonic()))
@@ -378,7 +393,7 @@ def _run_existing(args: argparse.Namespace, opts: LoadOptions, run_dir: Path, co
     sampler = QueueDepthSampler(writer, args.broker_url, queues, target=kind).start()
     run = _load_run(args, opts, workload, env, sdir / "load-1")
     try:
-        _start(run)
+        _start(run, hist)
         run.wait()
     except KeyboardInterrupt:
         result.error = "interrupted"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.deployment.processes import ManagedProcess
+from harness.errors import InfrastructureError
 from harness.load.workload import Workload
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -89,10 +90,19 @@ class LoadRun:
         return self
 
     def wait(self, timeout: float | None = None) -> int:
-        """Wait for Locust to finish; return its exit code."""
+        """Wait for Locust to finish; return its exit code. A Locust still running after
+        ``timeout`` (default: its duration + 30 s) is stopped and raises: a load that never
+        ended must not read as a finished one."""
         assert self.proc is not None
-        code = self.proc.wait_exit(timeout if timeout is not None else self.duration + 30)
-        return int(code or 0)
+        limit = timeout if timeout is not None else self.duration + 30
+        code = self.proc.wait_exit(limit)
+        if code is None:
+            self.proc.stop(timeout=10)
+            raise InfrastructureError(
+                f"Locust had not finished {limit:.0f} s into the wait for it: stopped; "
+                f"see {self.proc.log_path}"
+            )
+        return int(code)
 
     def stop(self) -> None:
         """Stop Locust if it is still running."""
