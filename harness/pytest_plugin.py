@@ -177,4 +177,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     write_index(sess.run_dir, run)
     if code == 2:
         session.exitstatus = 2
+    elif code == 1 and status == 0:
+        session.exitstatus = 1  # a verdict not as declared, even with no failed assertion
     print(f"\ncelery-chaos: run directory {sess.run_dir} (verdict: {verdict.value})")

@@ -121,6 +121,21 @@ def test_junit_xml_mirrors_the_exit_code(tmp_path: Path) -> None:
     assert ">FAIL <small>" in (run_dir / "index.html").read_text()
 
 
+def test_a_failed_test_fails_the_run_even_with_every_verdict_as_declared(
+    tmp_path: Path,
+) -> None:
+    run_dir, _ = make_run(tmp_path, {"safe": SyntheticSpec(acks_late=True)}, write_report=False)
+    data = json.loads((run_dir / "verdict.json").read_text())
+    data.update(as_expected=True, exit_code=1)  # e.g. an assertion on a scenario's numbers
+    (run_dir / "verdict.json").write_text(json.dumps(data))
+    write_index(run_dir, RunVerdict.model_validate(data))
+    suite = ET.parse(run_dir / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "1", ET.tostring(suite)[:500]
+    assert ">FAIL <small>" in (run_dir / "index.html").read_text()
+    write_site(tmp_path)
+    assert ">FAIL</span>" in (tmp_path / "index.html").read_text()
+
+
 def test_runs_index_newest_first_and_matrix(tmp_path: Path) -> None:
     first, _ = make_run(tmp_path, {"a": SyntheticSpec(acks_late=True)})
     second, _ = make_run(tmp_path, {"b": SyntheticSpec(acks_late=False)})

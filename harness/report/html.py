@@ -172,6 +172,12 @@ def run_words(run: RunVerdict) -> tuple[str, str]:
             "The harness could not reach a verdict for every scenario (an infrastructure "
             "error, or a deployment that never became quiet). Nothing is proven either way."
         )
+    if run.as_expected and run.exit_code == 1:
+        return "FAIL", (
+            "Every scenario's verdict was as declared, but a test of the same session failed "
+            "(an assertion on a scenario's numbers, or a library test): see junit.xml and the "
+            "pytest output."
+        )
     if run.as_expected:
         if v == "invalid":
             return "PASS", (
