@@ -207,3 +207,33 @@ def test_verdict_json_fields_are_documented() -> None:
 )
 def test_which_tasks_a_fault_can_touch(name: str, target: str, scope: object) -> None:
     assert fault_scope(FaultWindow(0, name, target, 0.0, 1.0)) == scope
+
+
+def test_matrix_rows_keep_configurations_apart() -> None:
+    from harness.report.matrix import RunSummary, build_matrix
+
+    def scenario(name: str, verdict: str, settings: dict, pool: str = "prefork") -> ScenarioResult:
+        return ScenarioResult(
+            name=name, broker="redis", settings=settings, verdict=Verdict(verdict),
+            expect=verdict, checked=True, faults=["crash_broker"],
+            deployment={"broker": "redis", "pool": pool},
+        )
+
+    timeouts = {"broker_transport_options": {"socket_timeout": 1}}
+    run = RunVerdict(
+        run_id="r1", started="2026-11-29T00:00:00+00:00", verdict=Verdict.INVALID,
+        as_expected=True, exit_code=0,
+        scenarios=[
+            scenario("with_timeouts", "valid", timeouts),
+            scenario("default", "invalid", {}),
+            scenario("threads", "invalid", {}, pool="threads"),
+            scenario("aof_always", "valid", {}),  # differs in the server, not a setting
+        ],
+    )
+    m = build_matrix([RunSummary(run=run, path="r1/index.html")])
+    assert len(m.rows) == 3, m.rows
+    assert any(("broker_transport_options.socket_timeout", "1") in r[1] for r in m.rows)
+    assert any(("pool", "threads") in r[1] for r in m.rows)
+    shared = [c for c in m.cells.values() if len(c.current) == 2]
+    assert len(shared) == 1
+    assert {s.name for _, s, _ in shared[0].current} == {"default", "aof_always"}

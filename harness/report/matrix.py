@@ -33,6 +33,8 @@ FAULT_LABELS = {
     "kill_worker": "worker killed (SIGKILL)",
     "kill_pool_child": "pool child killed (OOM)",
     "pause_worker": "worker paused (SIGSTOP)",
+    "stop_pool_child": "pool child paused (SIGSTOP)",
+    "kill_beat": "beat killed (SIGKILL)",
     "crash_broker": "broker crash",
     "stop_broker": "broker restart",
     "partition_blackhole": "network partition (blackhole)",
@@ -84,15 +86,49 @@ def scenario_settings(s: ScenarioResult) -> dict[str, Any]:
 
 
 def config_key(s: ScenarioResult) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """(broker, ((setting, value), ...)): the row of a scenario in the matrix."""
+    """(broker, ((setting, value), ...)): the row of a scenario in the matrix.
+
+    The reliability settings come first; then a pool other than prefork and every other
+    setting the scenario put under test (``broker_transport_options.socket_timeout=1``,
+    ``beat_sync_every=1``, ...), so that different configurations never share a row.
+    """
     settings = scenario_settings(s)
     broker = s.deployment.get("broker") or s.broker or "?"
     if s.deployment.get("existing"):
         broker = f"{broker} (existing deployment)"
-    values = tuple(
-        (label, _word(settings[key])) for key, label in SETTING_LABELS if key in settings
+    values = [(label, _word(settings[key])) for key, label in SETTING_LABELS if key in settings]
+    pool = s.deployment.get("pool")
+    if pool and pool != "prefork":
+        values.append(("pool", str(pool)))
+    values += sorted(
+        (key, _word(value))
+        for key, value in _flat(s.settings).items()
+        if key not in _COVERED
     )
-    return broker, values
+    return broker, tuple(values)
+
+
+#: Settings under test that the reliability columns (SETTING_LABELS) already show.
+_COVERED = {
+    "task_acks_late",
+    "task_reject_on_worker_lost",
+    "worker_prefetch_multiplier",
+    "task_time_limit",
+    "task_soft_time_limit",
+    "broker_transport_options.visibility_timeout",
+    "broker_transport_options.confirm_publish",
+}
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _word(value: Any) -> str:
@@ -113,6 +149,13 @@ class Cell:
     def latest(self) -> tuple[RunSummary, ScenarioResult, str]:
         """The newest (run, scenario, link)."""
         return self.entries[0]
+
+    @property
+    def current(self) -> list[tuple[RunSummary, ScenarioResult, str]]:
+        """Every scenario of the newest run in this cell (one, unless scenarios differ in
+        something that is not a setting, e.g. Redis persistence or two beats)."""
+        newest = self.entries[0][0]
+        return [e for e in self.entries if e[0] is newest]
 
     @property
     def tally(self) -> Counter[str]:
