@@ -237,3 +237,26 @@ def test_matrix_rows_keep_configurations_apart() -> None:
     shared = [c for c in m.cells.values() if len(c.current) == 2]
     assert len(shared) == 1
     assert {s.name for _, s, _ in shared[0].current} == {"default", "aof_always"}
+
+
+def test_ids_named_by_another_invariant_get_their_history(tmp_path: Path) -> None:
+    run_dir, _ = make_run(tmp_path, {"beat_twice": SyntheticSpec(acks_late=True)},
+                          write_report=False)
+    data = json.loads((run_dir / "verdict.json").read_text())
+    scenario = data["scenarios"][0]
+    task_id = next(  # any task the history holds
+        json.loads(line)["task_id"]
+        for f in sorted(Path(scenario["history_dir"]).glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+        if '"task_id"' in line
+    )
+    scenario["invariants"].append(
+        {"name": "beat", "verdict": "invalid", "summary": {},
+         "problems": [f"fast-report: extra fire at 12:00 by beat2 ({task_id})"]}
+    )
+    scenario.update(verdict="invalid", expect="invalid")
+    write_index(run_dir, RunVerdict.model_validate(data))
+    page = (run_dir / "index.html").read_text()
+    assert "Named by beat: 1" in page
+    assert f'<span class="mono">{task_id}</span> &mdash;' in page  # its full history
+    assert "No anomaly" not in page

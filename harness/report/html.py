@@ -16,6 +16,7 @@ Pages are rendered by jinja2 with autoescaping; chart data is embedded as escape
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +25,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from harness.checks.verdict import Verdict
 from harness.report import matrix as matrix_mod
 from harness.report.charts import figure_json, plotly_asset, timeline_figure
 from harness.report.junit import write_junit
@@ -83,6 +85,10 @@ class TaskView:
     records: list[dict[str, Any]]
 
 
+#: A Celery task id (a UUID) inside an invariant's problem text.
+_TASK_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+
+
 @dataclass
 class ScenarioView:
     """Everything the run template shows about one scenario."""
@@ -101,6 +107,7 @@ class ScenarioView:
     logs: list[tuple[str, str]] = field(default_factory=list)
     result_json: str | None = None
     history_error: str | None = None
+    violated: list[str] = field(default_factory=list)  # names of the invalid invariants
 
 
 def _rel(path: str | Path, base: Path) -> str:
@@ -136,6 +143,7 @@ def _headline(result: ScenarioResult) -> list[tuple[str, Any]]:
             values["beat ticks expected"] = sum(int(e.get("ticks", 0)) for e in rows)
             values["beat ticks fired"] = sum(
                 int(e.get("ok", 0)) + int(e.get("late", 0)) + int(e.get("early", 0))
+                + int(e.get("extra", 0))
                 for e in rows
             )
     return [(label, values.get(label)) for label in HEADLINE]
@@ -280,6 +288,17 @@ def build_scenario(result: ScenarioResult, run_dir: Path, index: int) -> Scenari
                 if len(chosen) < MAX_TASK_HISTORIES and t not in seen:
                     chosen.append(t)
                     seen.add(t)
+    for inv in result.invariants:  # other invariants name their tasks in their problems
+        if inv.name == "queue" or inv.verdict is not Verdict.INVALID or inv.summary.get("hung"):
+            continue  # the queue's and the hung tasks' classes are listed above
+        ids = list(dict.fromkeys(_TASK_ID.findall(" ".join(inv.problems))))
+        if ids:
+            view.classes.append(("named", f"Named by {inv.name}", ids[:MAX_IDS_LISTED], len(ids)))
+            for t in ids:
+                if len(chosen) < MAX_TASK_HISTORIES and t not in seen:
+                    chosen.append(t)
+                    seen.add(t)
+    view.violated = [i.name for i in result.invariants if i.verdict is Verdict.INVALID]
     for fw in view.faults:
         for t in fw.touched:
             if len(chosen) < MAX_TASK_HISTORIES and t not in seen:
