@@ -429,3 +429,15 @@ def test_tolerance_is_capped_by_the_interval() -> None:
     res = one_beat([slow], seconds=35).check()
     assert res.valid is Verdict.VALID
     assert (res.entries["fast-report"].early_s, res.entries["fast-report"].late_s) == (0.3, 1.5)
+
+
+@pytest.mark.parametrize(("period", "flagged"), [(1.75, True), (1.9, True), (2.0, False)])
+def test_a_beat_firing_too_often_is_flagged(period: float, flagged: bool) -> None:
+    # Each fire is within the early tolerance of "previous fire + interval", but the schedule
+    # cannot drift forward: Celery counts the next due from the reservation, never earlier.
+    h = Hist([FAST]).schedule(T0 - 1).start("beat1", T0)
+    fires = [(T0 + 0.3 + FAST.run_every_s + i * period, FAST) for i in range(int(30 / period))]
+    h.fires(fires)
+    end = fires[-1][0] + 0.5
+    res = h.stop("beat1", end).drain(end + 1).check()
+    assert (res.valid is Verdict.INVALID) is flagged, res.problems

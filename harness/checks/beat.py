@@ -571,7 +571,10 @@ class _EntryWalker:
         hi = self.hi(self.d)
         if lo <= fire.t <= hi:
             self.tick(self.d, fire)
-            self.d = self.next_due(fire.t)
+            # Celery's next due counts from the reservation, never before the due time: an
+            # early-looking fire (recording delay) must not pull the schedule forward, or a
+            # beat firing too often would pass tick by tick.
+            self.d = self.next_due(max(fire.t, self.d))
             return
         last = self.ticks[-1] if self.ticks else None
         if last is not None and last.status == "missing" and last.fired is None:
