@@ -3,9 +3,11 @@
 The checker may call a task lost only when the system is quiescent, so after
 the load and the faults the harness waits until either every acknowledged task
 has a terminal record, or the broker holds nothing (no ready and no unacked
-messages in the scenario's queues) and the history has stopped growing for a
-settle period. If neither happens before the deadline the drain is recorded
-``complete: false`` and the checker's verdict can be no better than unknown.
+messages in the scenario's queues), no task is running (its last record is
+``started`` in a live process: a long early-ack task is not lost) and the history
+has stopped growing for a settle period. If neither happens before the deadline
+the drain is recorded ``complete: false`` and the checker's verdict can be no
+better than unknown.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.history.schema import Kind
+import psutil
+
+from harness.history.schema import Kind, Record
 from harness.history.store import HistoryWriter, read_history
 
 #: Records after which a task id is done (a worker-lost failure may still be redelivered).
@@ -33,11 +37,13 @@ class DrainResult:
     depths: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def outstanding_ids(history_dir: Path) -> tuple[set[str], int]:
-    """Acknowledged ids without a terminal record, and the history's record count."""
+def outstanding_ids(history_dir: Path) -> tuple[set[str], int, set[str]]:
+    """Acknowledged ids without a terminal record, the history's record count, and the
+    outstanding ids still running: last seen ``started`` in a process that is alive."""
     hist = read_history(history_dir)
     acked: set[str] = set()
     done: set[str] = set()
+    last: dict[str, Record] = {}
     for rec in hist.records:
         if rec.task_id is None:
             continue
@@ -45,7 +51,23 @@ def outstanding_ids(history_dir: Path) -> tuple[set[str], int]:
             acked.add(rec.task_id)
         elif rec.kind in _TERMINAL and not rec.is_dropped:
             done.add(rec.task_id)
-    return acked - done, len(hist.records)
+        if rec.role == "worker":
+            last[rec.task_id] = rec
+    outstanding = acked - done
+    running = {
+        t
+        for t in outstanding
+        if (rec := last.get(t)) is not None and rec.kind is Kind.STARTED and _alive(rec.pid)
+    }
+    return outstanding, len(hist.records), running
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process on this machine (a zombie is not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def drain(
@@ -70,7 +92,7 @@ def drain(
     outstanding: set[str] = set()
     while True:
         now = time.monotonic()
-        outstanding, count = outstanding_ids(history_dir)
+        outstanding, count, running = outstanding_ids(history_dir)
         if count != last_count:
             last_count, last_change = count, now
         try:
@@ -84,17 +106,20 @@ def drain(
         if not outstanding and empty:
             result = DrainResult(True, now - start, "every acknowledged task completed")
             break
-        if empty and now - last_change >= settle:
+        if empty and not running and now - last_change >= settle:
             result = DrainResult(
                 True,
                 now - start,
-                f"broker empty and history quiet for {settle:.1f} s; "
+                f"broker empty, no task running and history quiet for {settle:.1f} s; "
                 f"{len(outstanding)} acknowledged task(s) never completed",
                 outstanding=len(outstanding),
             )
             break
         if now - start >= timeout:
-            why = reason_err or f"{len(outstanding)} task(s) outstanding, broker depths {current}"
+            why = reason_err or (
+                f"{len(outstanding)} task(s) outstanding ({len(running)} still running), "
+                f"broker depths {current}"
+            )
             result = DrainResult(
                 False,
                 now - start,
