@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="print the results as JSON")
     proxy = sub.add_parser("toxiproxy", help="run the Toxiproxy-compatible fault proxy")
     proxy.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    proxy.add_argument("--port", type=int, default=8474, help="API port (default 8474)")
+    proxy.add_argument("--port", default="8474", help="API port, 0 for any free port (8474)")
     from harness.load.command import add_arguments as add_load_arguments
 
     add_load_arguments(
@@ -177,13 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_analyze(args.path, args.exactly_once, args.json)
         if args.command == "load":
             return cmd_load(args, argv[1:])
-        if args.command == "toxiproxy":
-            from harness.faults.proxy.server import run as run_proxy
+        if args.command == "toxiproxy":  # the same entry as `python -m harness.faults.proxy`
+            from harness.faults.proxy.__main__ import main as proxy_main
 
-            if not 0 < args.port < 65536:
-                raise UsageError(f"--port {args.port} is not a TCP port (1-65535)")
-            run_proxy(args.host, args.port)
-            return 0
+            return proxy_main(argv[1:])
     except ChaosError as exc:
         print(f"celery-chaos: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -91,6 +91,22 @@ def test_client_refuses_bad_attributes_before_sending(api: ToxiproxyClient) -> N
         api.update_toxic(PREFIX + "never", "x", {"rate": -1})
 
 
+def test_update_is_checked_against_the_whole_toxic(api: ToxiproxyClient) -> None:
+    api.create_proxy(PREFIX + "slice", "127.0.0.1:0", "127.0.0.1:9")
+    try:
+        api.add_toxic(PREFIX + "slice", "slicer", {"average_size": 8, "size_variation": 2},
+                      name="s")
+        # size_variation alone looks fine; with the toxic's average_size (8) it would panic
+        # a real Toxiproxy (#541): refused before sending.
+        with pytest.raises(ValueError, match="size_variation"):
+            api.update_toxic(PREFIX + "slice", "s", {"size_variation": 8})
+        assert api.update_toxic(PREFIX + "slice", "s", {"size_variation": 7}).attributes[
+            "size_variation"
+        ] == 7
+    finally:
+        api.delete_proxy(PREFIX + "slice")
+
+
 def test_populate_and_version(api: ToxiproxyClient) -> None:
     created = api.populate(
         [

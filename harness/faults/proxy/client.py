@@ -266,9 +266,17 @@ class ToxiproxyClient:
         attributes: Mapping[str, Any] | None = None,
         toxicity: float | None = None,
     ) -> ToxicInfo:
-        """Change some attributes (others keep their values) and/or the toxicity."""
+        """Change some attributes (others keep their values) and/or the toxicity.
+
+        The result is checked as a whole (the current toxic merged with ``attributes``), so
+        an update that would crash a real Toxiproxy is refused here."""
         attrs = _int_attributes(attributes)
         _check_update(attrs)
+        if attrs:
+            current = self.get_toxic(proxy, name)
+            problem = check_attributes(current.type, {**current.attributes, **attrs})
+            if problem:
+                raise ValueError(problem)
         body: dict[str, Any] = {"attributes": attrs}
         if toxicity is not None:
             body["toxicity"] = float(toxicity)
