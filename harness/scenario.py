@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +55,10 @@ _ENDS = {Kind.SUCCEEDED, Kind.FAILED, Kind.RETRIED}
 #: Where to find the broker binaries when they are not where the Debian packages put them.
 RABBITMQ_BIN_ENV = "CHAOS_RABBITMQ_BIN_DIR"
 REDIS_SERVER_ENV = "CHAOS_REDIS_SERVER"
+
+
+#: Seconds a worker or beat gets to exit on SIGTERM at teardown before it is killed.
+STOP_GRACE_S = 3.0
 
 
 def _in_parallel(steps: list[Callable[[], object]]) -> None:
@@ -492,9 +497,12 @@ class Scenario:
             self.result.error = error
         steps: list[Any] = [run.stop for run in self.loads]
         steps += [self.sampler.stop] if self.sampler is not None else []
-        # Every beat and worker at once: each warm shutdown takes seconds.
+        # Every beat and worker at once, with a short grace: the verdict is in, and a warm
+        # shutdown takes 2-6 s each (measured), most of a scenario's teardown.
         procs = [*self.beats.values(), *self.workers.values()]
-        steps += [lambda: _in_parallel([p.stop for p in procs])] if procs else []
+        if procs:
+            stops = [partial(p.stop, timeout=STOP_GRACE_S) for p in procs]
+            steps.append(partial(_in_parallel, stops))
         if self.broker_kind == "redis" and self.broker is not None:
             steps.append(self.broker.stop)
         steps += [s.stop for s in (self.smtp, self.http) if s is not None]
