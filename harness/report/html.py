@@ -358,14 +358,16 @@ def render_run(run_dir: Path, run: RunVerdict, plotly_src: str) -> str:
                         "anchor": v.tasks[t].anchor if t in v.tasks else "",
                         "outcome": v.tasks[t].outcome if t in v.tasks else "",
                     }
-                    for t in f.touched
+                    for t in f.touched[:MAX_IDS_LISTED]
                 ],
+                "total": len(f.touched),
             }
             for f in v.faults
         ]
         for v in views
     }
     return _env.get_template("run.html.j2").render(
+        max_ids=MAX_IDS_LISTED,
         run=run,
         views=views,
         headline=headline,
