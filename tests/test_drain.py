@@ -43,3 +43,16 @@ def test_a_finished_task_completes_the_drain_at_once(tmp_path: Path) -> None:
     HistoryWriter(tmp_path, "worker", "w1@chaos").write(Kind.SUCCEEDED, task_id="t1")
     res = drain(tmp_path, _empty, timeout=5.0, settle=2.0, poll=0.05)
     assert res.complete and res.outstanding == 0 and res.seconds < 1.0
+
+
+def test_the_broker_is_asked_only_when_its_answer_can_end_the_drain(tmp_path: Path) -> None:
+    # RabbitMQ's depths cost a rabbitmqctl run: not every poll while tasks are outstanding.
+    calls: list[int] = []
+
+    def depths() -> dict[str, tuple[int, int]]:
+        calls.append(1)
+        return _empty()
+
+    _started(tmp_path, os.getpid())
+    res = drain(tmp_path, depths, timeout=0.6, settle=5.0, poll=0.05)
+    assert not res.complete and len(calls) <= 2, len(calls)
