@@ -11,6 +11,7 @@ Run: ``.venv/bin/python bench/bench_skeleton.py [--tasks 5000] [--rounds 5] [--s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -19,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 from celery import Celery
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,11 +60,24 @@ def scenario_times() -> list[tuple[str, float, float]]:
         ]
 
 
-def _drain_rate(redis: RedisServer, n: int, record: bool, run_dir: Path) -> float:
-    """Worker throughput on ``n`` trivial tasks, from the moment they appear to an empty queue.
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants."""
+    main = psutil.Process(pid)
+    total = 0.0
+    for p in [main, *main.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def _drain_rate(redis: RedisServer, n: int, record: bool, run_dir: Path) -> tuple[float, float]:
+    """Worker throughput on ``n`` trivial tasks, from the moment they appear to an empty queue,
+    and the worker's CPU seconds per 1000 tasks over the same span.
 
     The tasks are pre-filled into a side list while the worker starts, then moved into its
-    queue with one atomic RENAME, so neither publishing nor worker start-up is timed.
+    queue with one atomic RENAME, so neither publishing nor worker start-up is timed. CPU time
+    (main process and pool children) is far steadier than throughput on a shared machine.
     """
     broker = redis.url(0)
     client = Celery("bench", broker=broker)
@@ -107,7 +122,9 @@ def _drain_rate(redis: RedisServer, n: int, record: bool, run_dir: Path) -> floa
     proc = ManagedProcess(f"bench-worker-{int(record)}", cmd, run_dir, env=env)
     proc.start()
     proc.wait_ready(lambda: "ready." in proc.log_path.read_text(errors="replace"), timeout=60)
+    assert proc.pid is not None
     with redis.client(0) as r:
+        cpu0 = _cpu_s(proc.pid)
         t0 = time.monotonic()
         r.rename("bench-fill", "bench")
         while r.llen("bench") or r.hlen("unacked"):
@@ -115,12 +132,15 @@ def _drain_rate(redis: RedisServer, n: int, record: bool, run_dir: Path) -> floa
                 raise RuntimeError(f"bench worker exited; see {proc.log_path}")
             time.sleep(0.005)
         elapsed = time.monotonic() - t0
+        cpu = _cpu_s(proc.pid) - cpu0
     proc.stop(timeout=10)
-    return n / elapsed
+    return n / elapsed, 1000 * cpu / n
 
 
-def recorder_overhead(tasks: int, rounds: int) -> tuple[list[float], list[float]]:
-    """Throughput with recording off and on, interleaved over ``rounds`` rounds."""
+def recorder_overhead(
+    tasks: int, rounds: int
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(throughput, CPU s per 1000 tasks) with recording off and on, interleaved."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         redis = RedisServer(run_dir).start()
@@ -149,14 +169,23 @@ def main() -> None:
         for name, wall, total in scenario_times():
             print(f"  {name:62} {wall:7.1f} {total:9.1f}")
     off, on = recorder_overhead(args.tasks, args.rounds)
-    m_off, m_on = statistics.median(off), statistics.median(on)
+    rate_off, rate_on = [r for r, _ in off], [r for r, _ in on]
+    cpu_off, cpu_on = [c for _, c in off], [c for _, c in on]
+    m_off, m_on = statistics.median(rate_off), statistics.median(rate_on)
+    c_off, c_on = statistics.median(cpu_off), statistics.median(cpu_on)
     print(
         f"\nrecorder overhead, {args.tasks} trivial tasks x {args.rounds} rounds, "
         "1 prefork worker (-c 2), Redis broker"
     )
-    print(f"  recording off: {m_off:8.0f} tasks/s  (rounds: {', '.join(f'{x:.0f}' for x in off)})")
-    print(f"  recording on : {m_on:8.0f} tasks/s  (rounds: {', '.join(f'{x:.0f}' for x in on)})")
-    print(f"  overhead     : {100 * (1 - m_on / m_off):6.1f} %  (target <= 5 %)")
+    for label, med, rates in (("off", m_off, rate_off), ("on ", m_on, rate_on)):
+        rounds = ", ".join(f"{x:.0f}" for x in rates)
+        print(f"  recording {label}: {med:8.0f} tasks/s  (rounds: {rounds})")
+    print(f"  throughput overhead: {100 * (1 - m_on / m_off):6.1f} %  (target <= 5 %)")
+    print(f"  worker CPU off: {c_off:.3f} s per 1000 tasks  "
+          f"(rounds: {', '.join(f'{x:.3f}' for x in cpu_off)})")
+    print(f"  worker CPU on : {c_on:.3f} s per 1000 tasks  "
+          f"(rounds: {', '.join(f'{x:.3f}' for x in cpu_on)})")
+    print(f"  CPU overhead  : {100 * (c_on / c_off - 1):6.1f} %  (target <= 5 %)")
 
 
 if __name__ == "__main__":
