@@ -56,13 +56,21 @@ def _worker_pid() -> int:
     return os.getppid() if _in_pool_child() else os.getpid()
 
 
-def _in_pool_child() -> bool:
-    try:
-        from billiard.process import current_process
+_pool_child: tuple[int, bool] | None = None  # (pid, answer), asked once per process
 
-        return current_process().name.startswith("ForkPoolWorker")
-    except Exception:  # pragma: no cover - exotic pools
-        return False
+
+def _in_pool_child() -> bool:
+    global _pool_child
+    pid = os.getpid()
+    if _pool_child is None or _pool_child[0] != pid:
+        try:
+            from billiard.process import current_process
+
+            answer = current_process().name.startswith("ForkPoolWorker")
+        except Exception:  # pragma: no cover - exotic pools
+            answer = False
+        _pool_child = (pid, answer)
+    return _pool_child[1]
 
 
 def _w(kind: Kind, **fields: Any) -> None:

@@ -16,6 +16,9 @@ from pydantic import ValidationError
 
 from harness.history.schema import SCHEMA_VERSION, Kind, Record, SchemaVersionError
 
+#: One compact encoder for every record (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
 #: Environment variable that tells every process where the history lives.
 HISTORY_DIR_ENV = "CHAOS_HISTORY_DIR"
 
@@ -69,7 +72,7 @@ class HistoryWriter:
             "role": self.role,
         }
         rec.update({k: v for k, v in fields.items() if v is not None})
-        line = (json.dumps(rec, separators=(",", ":"), default=str) + "\n").encode()
+        line = (_ENCODER.encode(rec) + "\n").encode()
         with self._lock:
             os.write(self._descriptor(), line)
         return rec
