@@ -65,9 +65,9 @@ def _in_parallel(steps: list[Callable[[], object]]) -> None:
     """Run ``steps`` in threads, wait for all, then raise the first error, if any."""
     with ThreadPoolExecutor(max_workers=max(1, len(steps))) as pool:
         futures = [pool.submit(step) for step in steps]
-    errors = [f.exception() for f in futures if f.exception() is not None]
+    errors = [e for f in futures if (e := f.exception()) is not None]
     if errors:
-        raise errors[0]  # type: ignore[misc]
+        raise errors[0]
 
 
 def redis_server(run_dir: Path, **kwargs: Any) -> RedisServer:

@@ -173,7 +173,7 @@ def _validate(raws: list[dict[str, Any]]) -> list[Record]:
 
 def short_json(raw: Any, limit: int = 80) -> str:
     """``raw`` as compact JSON, cut to ``limit`` characters for a one-line message."""
-    text = json.dumps(raw, separators=(",", ":"), default=str)
+    text = _ENCODER.encode(raw)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -267,46 +267,40 @@ def build_scenario(result: ScenarioResult, run_dir: Path, index: int) -> Scenari
                 load.html_href = _rel(load.html, run_dir) if load.html else None
                 load.file_links = [(p.name, _rel(p, run_dir)) for p in load.files]
     # Which task ids get a full history: anomalies first, then tasks the faults touched.
-    chosen: list[str] = []
-    seen: set[str] = set()
+    chosen: dict[str, None] = {}  # ordered, without repeats
+
+    def choose(ids: list[str]) -> None:
+        for t in ids:
+            if len(chosen) >= MAX_TASK_HISTORIES:
+                return
+            chosen.setdefault(t, None)
+
     for key, label in TASK_CLASSES:
         raw = queue.get(key) or []
         ids = list(raw.keys()) if isinstance(raw, dict) else list(raw)
         if ids:
             view.classes.append((key, label, ids[:MAX_IDS_LISTED], len(ids)))
-        for t in ids:
-            if len(chosen) < MAX_TASK_HISTORIES and t not in seen:
-                chosen.append(t)
-                seen.add(t)
+        choose(ids)
     for inv in result.invariants:
         hung = inv.summary.get("hung")
         if isinstance(hung, dict) and hung:
             ids = list(hung)
             view.classes.insert(0, ("hung", f"Hung ({inv.name}): ran longer than the bound",
                                     ids[:MAX_IDS_LISTED], len(ids)))
-            for t in ids:
-                if len(chosen) < MAX_TASK_HISTORIES and t not in seen:
-                    chosen.append(t)
-                    seen.add(t)
+            choose(ids)
     for inv in result.invariants:  # other invariants name their tasks in their problems
         if inv.name == "queue" or inv.verdict is not Verdict.INVALID or inv.summary.get("hung"):
             continue  # the queue's and the hung tasks' classes are listed above
         ids = list(dict.fromkeys(_TASK_ID.findall(" ".join(inv.problems))))
         if ids:
             view.classes.append(("named", f"Named by {inv.name}", ids[:MAX_IDS_LISTED], len(ids)))
-            for t in ids:
-                if len(chosen) < MAX_TASK_HISTORIES and t not in seen:
-                    chosen.append(t)
-                    seen.add(t)
+            choose(ids)
     view.violated = [i.name for i in result.invariants if i.verdict is Verdict.INVALID]
     for fw in view.faults:
-        for t in fw.touched:
-            if len(chosen) < MAX_TASK_HISTORIES and t not in seen:
-                chosen.append(t)
-                seen.add(t)
+        choose(fw.touched)
     if records and chosen:
         t0 = view.timeline.t0_mono_ns if view.timeline else records[0]["mono_ns"]
-        for tid, recs in task_histories(records, chosen, t0).items():
+        for tid, recs in task_histories(records, list(chosen), t0).items():
             view.tasks[tid] = TaskView(
                 task_id=tid,
                 anchor=f"{view.anchor}-task-{safe_name(tid)}",

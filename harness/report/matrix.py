@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness.report.deployment import settings_over_defaults
+from harness.report.deployment import RELIABILITY_SETTINGS, settings_over_defaults
 from harness.report.results import RunVerdict, ScenarioResult, safe_name
 
 #: Setting columns in reports, in order, with their labels.
@@ -110,13 +110,9 @@ def config_key(s: ScenarioResult) -> tuple[str, tuple[tuple[str, str], ...]]:
 
 #: Settings under test that the reliability columns (SETTING_LABELS) already show.
 _COVERED = {
-    "task_acks_late",
-    "task_reject_on_worker_lost",
-    "worker_prefetch_multiplier",
-    "task_time_limit",
-    "task_soft_time_limit",
-    "broker_transport_options.visibility_timeout",
-    "broker_transport_options.confirm_publish",
+    key.replace("transport:", "broker_transport_options.")
+    for label, key in RELIABILITY_SETTINGS
+    if label in dict(SETTING_LABELS)
 }
 
 
