@@ -8,12 +8,17 @@ embedded-only deviations (400 for crashing inputs) are at the end, marked as suc
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
+from harness.faults.proxy import ProxyServer
+
 from .conftest import PREFIX
+from .servers import TcpServer, connect
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -51,6 +56,12 @@ def assert_error(resp: requests.Response, status: int, message: str | None = Non
 
 def port_of(listen: str) -> int:
     return int(listen.rsplit(":", 1)[1])
+
+
+def shown(url: str, suffix: str) -> dict[str, Any]:
+    resp = requests.get(f"{url}/proxies/{name(suffix)}", timeout=5)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
 
 
 # --------------------------------------------------------------------------- general
@@ -561,6 +572,69 @@ def test_reset_enables_proxies_and_removes_toxics(api_url: str) -> None:
         proxy = requests.get(f"{api_url}/proxies/{name(suffix)}", timeout=5).json()
         assert proxy["enabled"] is True
         assert proxy["toxics"] == []
+
+
+# --------------------------------------------------------------------------- request limits
+
+
+def test_large_request_body_is_read_whole(api_url: str) -> None:
+    """Toxiproxy reads bodies of any size; aiohttp's default would answer 413 above 1 MiB."""
+    hosts = ["a" * (1024 * 1024) + ":1", "b" * (1024 * 1024) + ":2"]
+    body = [
+        {"name": name(f"big{i}"), "listen": "127.0.0.1:0", "upstream": host, "enabled": False}
+        for i, host in enumerate(hosts)
+    ]
+    resp = post(api_url, "/populate", body)
+    assert resp.status_code == 201, resp.text[:200]
+    assert [p["upstream"] for p in resp.json()["proxies"]] == hosts
+    assert shown(api_url, "big1")["upstream"] == hosts[1]
+    # the same size as a single create, and with a large unknown key (ignored)
+    entry = {"name": name("big2"), "listen": "127.0.0.1:0", "upstream": UPSTREAM}
+    resp = post(api_url, "/proxies", {**entry, "padding": "x" * (3 * 1024 * 1024)})
+    assert resp.status_code == 201, resp.text[:200]
+
+
+HANDLER_TIMEOUT = 0.3  # seconds; a real Toxiproxy's is a fixed 25 s
+
+
+@pytest.fixture(params=["embedded", "real"])
+def short_timeout_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """An embedded server whose handler timeout is HANDLER_TIMEOUT; skipped for a real one."""
+    if request.param == "real":
+        pytest.skip(
+            "a real Toxiproxy's handler timeout is a fixed 25 s (not configurable): the same "
+            "check there would need a 25 s wait, so it runs against the embedded server only"
+        )
+    with ProxyServer(handler_timeout=HANDLER_TIMEOUT) as server:
+        yield server.url
+
+
+def test_handler_over_the_timeout_is_503_empty(
+    short_timeout_url: str, echo_server: TcpServer
+) -> None:
+    """Go's http.TimeoutHandler: 503, empty body; the handler itself still finishes later.
+
+    A DELETE of a reset_peer toxic that is waiting out its ``timeout`` blocks for that long in
+    Toxiproxy (spec §4.2), which makes a handler slower than the timeout.
+    """
+    url = short_timeout_url
+    port = port_of(create(url, "slow", upstream=echo_server.address)["listen"])
+    toxic = {"type": "reset_peer", "stream": "upstream", "attributes": {"timeout": 2000}}
+    assert requests.post(toxics_url(url, "slow"), json=toxic, timeout=5).status_code == 200
+    with connect(port) as sock:
+        sock.sendall(b"x")  # the toxic takes this chunk, then waits 2 s without interruption
+        time.sleep(0.5)
+        start = time.monotonic()
+        resp = requests.delete(toxics_url(url, "slow") + "/reset_peer_upstream", timeout=5)
+        elapsed = time.monotonic() - start
+    assert resp.status_code == 503, resp.text
+    assert resp.content == b""
+    assert resp.headers.get("X-Toxiproxy-Request-Id")
+    assert HANDLER_TIMEOUT <= elapsed < 1.2  # well before the toxic's wait is over
+    deadline = time.monotonic() + 5
+    while requests.get(toxics_url(url, "slow"), timeout=5).json() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert requests.get(toxics_url(url, "slow"), timeout=5).json() == []
 
 
 # --------------------------------------------------------------------------- embedded only

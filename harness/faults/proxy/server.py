@@ -39,8 +39,12 @@ VERSION = "2.12.0+embedded"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8474
 HANDLER_TIMEOUT = 25.0  # Go's http.TimeoutHandler: 503 after this many seconds
+#: aiohttp's request body limit; 0 is none. Toxiproxy reads bodies of any size (aiohttp would
+#: answer 413 above 1 MiB by default, e.g. for a /populate of many proxies).
+CLIENT_MAX_SIZE = 0
 
 COLLECTION: web.AppKey[ProxyCollection] = web.AppKey("collection", ProxyCollection)
+TIMEOUT: web.AppKey[float] = web.AppKey("handler_timeout", float)
 
 _PROXY_FIELDS = {"name": "string", "listen": "string", "upstream": "string", "enabled": "bool"}
 _WRAPPER_FIELDS = {
@@ -297,7 +301,11 @@ async def _guarded(handler: Handler, request: web.Request) -> web.StreamResponse
 
 @web.middleware
 async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Router errors as gorilla/mux sends them; browser block, request id and 25 s timeout."""
+    """Router errors as gorilla/mux sends them; browser block, request id and handler timeout.
+
+    A handler still running after the app's timeout (Go's 25 s ``http.TimeoutHandler``) is
+    answered 503 with an empty body; like Go's, the handler itself goes on in the background.
+    """
     http_exception = request.match_info.http_exception
     if http_exception is not None:
         if http_exception.status == 405:
@@ -309,16 +317,22 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
         response = _plain(403, "User agent not allowed\n")
     else:
         task = asyncio.ensure_future(_guarded(handler, request))
-        done, _ = await asyncio.wait({task}, timeout=HANDLER_TIMEOUT)
+        done, _ = await asyncio.wait({task}, timeout=request.app[TIMEOUT])
         response = task.result() if done else web.Response(status=503)
     response.headers["X-Toxiproxy-Request-Id"] = request_id
     return response
 
 
-def make_app(collection: ProxyCollection | None = None) -> web.Application:
-    """The aiohttp application serving the Toxiproxy API over ``collection``."""
-    app = web.Application(middlewares=[_middleware])
+def make_app(
+    collection: ProxyCollection | None = None, handler_timeout: float = HANDLER_TIMEOUT
+) -> web.Application:
+    """The aiohttp application serving the Toxiproxy API over ``collection``.
+
+    ``handler_timeout`` (seconds) is Toxiproxy's fixed 25 s; tests shorten it to reach the 503.
+    """
+    app = web.Application(middlewares=[_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[COLLECTION] = collection if collection is not None else ProxyCollection()
+    app[TIMEOUT] = handler_timeout
     add = app.router.add_route
     add("GET", "/proxies", _index)
     add("POST", "/proxies", _create)
@@ -384,9 +398,14 @@ def _url(host: str, sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-async def _start_api(sock: socket.socket, collection: ProxyCollection) -> web.AppRunner:
+async def _start_api(
+    sock: socket.socket, collection: ProxyCollection, handler_timeout: float = HANDLER_TIMEOUT
+) -> web.AppRunner:
     runner = web.AppRunner(
-        make_app(collection), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        make_app(collection, handler_timeout),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=1.0,
     )
     await runner.setup()
     await web.SockSite(runner, sock).start()
@@ -439,9 +458,13 @@ class ProxyServer:
     ...     url = server.url
     """
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = 0) -> None:
+    def __init__(
+        self, host: str = DEFAULT_HOST, port: int = 0, handler_timeout: float = HANDLER_TIMEOUT
+    ) -> None:
         self.host = host
         self.port = port
+        #: Seconds before a still-running API handler is answered 503 (Toxiproxy: 25).
+        self.handler_timeout = handler_timeout
         self.url = ""
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -474,7 +497,7 @@ class ProxyServer:
             self._stop = asyncio.Event()
             collection = self.collection = ProxyCollection()
             try:
-                runner = await _start_api(sock, collection)
+                runner = await _start_api(sock, collection, self.handler_timeout)
             except Exception as exc:  # noqa: BLE001 - reported to start()
                 self._error = exc
                 self._ready.set()
