@@ -18,7 +18,7 @@ import requests
 from harness.faults.proxy import ProxyServer
 
 from .conftest import PREFIX
-from .servers import TcpServer, connect
+from .servers import TcpServer, can_connect, connect
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -56,6 +56,11 @@ def assert_error(resp: requests.Response, status: int, message: str | None = Non
 
 def port_of(listen: str) -> int:
     return int(listen.rsplit(":", 1)[1])
+
+
+def in_use(listen: str) -> str:
+    """Go's error text for a bind conflict on ``listen`` (an IP literal, as the tests use)."""
+    return f"listen tcp {listen}: bind: address already in use"
 
 
 def shown(url: str, suffix: str) -> dict[str, Any]:
@@ -262,6 +267,28 @@ def test_update_listen_moves_proxy(api_url: str) -> None:
     assert body["listen"].startswith("127.0.0.1:") and port_of(body["listen"]) > 0
 
 
+@pytest.mark.parametrize("verb", ["POST", "PATCH"])
+def test_update_listen_to_port_in_use_is_500_and_leaves_proxy_disabled(
+    api_url: str, verb: str
+) -> None:
+    taken = create(api_url, "taken")["listen"]
+    create(api_url, "mover")
+    path = f"{api_url}/proxies/{name('mover')}"
+    resp = requests.request(verb, path, data=json.dumps({"listen": taken}), timeout=5)
+    assert_error(resp, 500, in_use(taken))
+    # the proxy was stopped for the new listen and could not start: disabled, new listen kept
+    mover = shown(api_url, "mover")
+    assert (mover["enabled"], mover["listen"]) == (False, taken)
+    assert shown(api_url, "taken")["enabled"] is True and can_connect(port_of(taken))
+    # enabling again while the port is still taken fails the same way
+    resp = requests.request(verb, path, data=json.dumps({"enabled": True}), timeout=5)
+    assert_error(resp, 500, in_use(taken))
+    assert requests.delete(f"{api_url}/proxies/{name('taken')}", timeout=5).status_code == 204
+    resp = requests.request(verb, path, data=json.dumps({"enabled": True}), timeout=5)
+    assert resp.status_code == 200, resp.text
+    assert (resp.json()["enabled"], resp.json()["listen"]) == (True, taken)
+
+
 def test_delete_proxy(api_url: str) -> None:
     create(api_url, "del")
     resp = requests.delete(f"{api_url}/proxies/{name('del')}", timeout=5)
@@ -351,14 +378,32 @@ def test_populate_listen_error_keeps_earlier_proxies(api_url: str) -> None:
         {"name": name("ok"), "listen": "127.0.0.1:0", "upstream": UPSTREAM},
         {"name": name("bad"), "listen": taken["listen"], "upstream": UPSTREAM},
     ]
+    body.append({"name": name("after"), "listen": "127.0.0.1:0", "upstream": UPSTREAM})
     resp = post(api_url, "/populate", body)
     assert resp.status_code == 500
+    assert resp.headers["Content-Type"] == "application/json"  # not http.Error's text/plain
     data = resp.json()
-    assert data["status"] == 500
-    assert "address already in use" in data["error"]
+    assert list(data) == ["error", "status", "proxies"]
+    assert (data["error"], data["status"]) == (in_use(taken["listen"]), 500)
     assert [p["name"] for p in data["proxies"]] == [name("ok")]
-    assert requests.get(f"{api_url}/proxies/{name('ok')}", timeout=5).status_code == 200
-    assert requests.get(f"{api_url}/proxies/{name('bad')}", timeout=5).status_code == 404
+    # no rollback: the proxy before the failing one stays, listening; none after it is made
+    listed = requests.get(f"{api_url}/proxies", timeout=5).json()
+    assert sorted(n for n in listed if n.startswith(PREFIX)) == [name("ok"), name("taken")]
+    assert listed[name("ok")]["enabled"] is True
+    assert can_connect(port_of(listed[name("ok")]["listen"]))
+
+
+def test_populate_failed_replacement_leaves_old_proxy_stopped(api_url: str) -> None:
+    taken = create(api_url, "taken")["listen"]
+    old = create(api_url, "old")["listen"]
+    entry = {"name": name("old"), "listen": taken, "upstream": UPSTREAM}
+    resp = post(api_url, "/populate", [entry])
+    assert resp.status_code == 500
+    assert resp.json() == {"error": in_use(taken), "status": 500, "proxies": None}
+    # the old proxy was stopped before its replacement failed to bind; it stays, stopped
+    kept = shown(api_url, "old")
+    assert (kept["listen"], kept["enabled"]) == (old, False)
+    assert not can_connect(port_of(old))
 
 
 # --------------------------------------------------------------------------- toxics
@@ -572,6 +617,24 @@ def test_reset_enables_proxies_and_removes_toxics(api_url: str) -> None:
         proxy = requests.get(f"{api_url}/proxies/{name(suffix)}", timeout=5).json()
         assert proxy["enabled"] is True
         assert proxy["toxics"] == []
+
+
+def test_reset_stops_at_a_proxy_that_cannot_rebind(api_url: str) -> None:
+    listen = create(api_url, "held")["listen"]
+    requests.post(toxics_url(api_url, "held"), json={"type": "noop"}, timeout=5)
+    assert post(api_url, f"/proxies/{name('held')}", {"enabled": False}).status_code == 200
+    create(api_url, "thief", listen=listen)  # takes the disabled proxy's port
+    resp = post(api_url, "/reset")
+    assert_error(resp, 500, in_use(listen))
+    # reset starts a proxy before clearing its toxics: the failing one keeps them. Which other
+    # proxies were reset first depends on Go's random map order, so they are not checked.
+    held = shown(api_url, "held")
+    assert held["enabled"] is False
+    assert [t["name"] for t in held["toxics"]] == ["noop_downstream"]
+    assert requests.delete(f"{api_url}/proxies/{name('thief')}", timeout=5).status_code == 204
+    assert post(api_url, "/reset").status_code == 204
+    held = shown(api_url, "held")
+    assert (held["enabled"], held["listen"], held["toxics"]) == (True, listen, [])
 
 
 # --------------------------------------------------------------------------- request limits
