@@ -68,6 +68,22 @@ def test_proxy_overhead_is_small(client: ToxiproxyClient, echo_server: TcpServer
     assert (p - d) / 2 < 0.002  # relaxed from Toxiproxy's 300 us per one-way hop
 
 
+def test_proxied_sockets_disable_nagle(
+    client: ToxiproxyClient, echo_server: TcpServer, embedded_server: ProxyServer
+) -> None:
+    """Like Go: with Nagle on, a write right after another waits for the peer's delayed ACK."""
+    port = make_proxy(client, echo_server)
+    assert embedded_server.collection is not None
+    proxy = embedded_server.collection.proxies["p"]
+    with connect(port) as sock:
+        round_trip(sock, b"x")
+        (conn,) = proxy.connections
+        for side in (conn.client, conn.upstream):
+            assert side is not None and side.transport is not None
+            raw = side.transport.get_extra_info("socket")
+            assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), side.role
+
+
 def test_upstream_down_accepts_then_eof(client: ToxiproxyClient) -> None:
     dead = socket.create_server(("127.0.0.1", 0))
     dead_port = dead.getsockname()[1]
