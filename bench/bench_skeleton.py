@@ -3,7 +3,8 @@
 1. Wall time of each worker-kill scenario (``scenarios/test_worker_kill.py``), from the
    scenarios' own ``result.json`` and pytest's per-test durations. Target: <= 20 s each.
 2. The recorder's overhead: worker throughput (tasks/s) with the history recorder on and
-   off, in one run, on the same private Redis broker. Target: <= 5 %.
+   off, in one run, on the same private Redis broker. Target: <= 5 %. The two workers run
+   side by side over the same window (paired rounds), so the machine's noise hits both.
 
 Run: ``.venv/bin/python bench/bench_skeleton.py [--tasks 5000] [--rounds 5] [--skip-scenarios]``
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -71,21 +73,11 @@ def _cpu_s(pid: int) -> float:
     return total
 
 
-def _drain_rate(redis: RedisServer, n: int, record: bool, run_dir: Path) -> tuple[float, float]:
-    """Worker throughput on ``n`` trivial tasks, from the moment they appear to an empty queue,
-    and the worker's CPU seconds per 1000 tasks over the same span.
-
-    The tasks are pre-filled into a side list while the worker starts, then moved into its
-    queue with one atomic RENAME, so neither publishing nor worker start-up is timed. CPU time
-    (main process and pool children) is far steadier than throughput on a shared machine.
-    """
-    broker = redis.url(0)
-    client = Celery("bench", broker=broker)
-    client.conf.task_default_queue = "bench-fill"
-    redis.flushall()
-    with client.producer_or_acquire() as producer:
-        for i in range(n):
-            client.send_task("userapp.add", args=[i, 1], producer=producer)
+def _worker(
+    name: str, broker: str, queue: str, record: bool, run_dir: Path, prefix: tuple[str, ...] = ()
+) -> ManagedProcess:
+    """Start a prefork worker (-c 2) of the small user app on ``queue``, recording or not;
+    ``prefix`` wraps the command (Valgrind)."""
     env = {
         "CHAOS_APP": "tests.userapp.app:app",
         "CHAOS_BROKER_URL": broker,
@@ -93,64 +85,152 @@ def _drain_rate(redis: RedisServer, n: int, record: bool, run_dir: Path) -> tupl
         "CHAOS_CONF": json.dumps(
             {"task_acks_late": True, "task_ignore_result": True, "worker_prefetch_multiplier": 16}
         ),
-        "CHAOS_NODE_NAME": "bench@chaos",
+        "CHAOS_NODE_NAME": f"{name}@chaos",
         "PYTHONPATH": str(ROOT),
     }
     if record:
         env["CHAOS_HISTORY_DIR"] = str(run_dir / f"history-{time.monotonic_ns()}")
     cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "harness.deployment.celery_app:app",
-        "worker",
-        "-n",
-        "bench@chaos",
-        "-Q",
-        "bench",
-        "-c",
-        "2",
-        "-P",
-        "prefork",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "-l",
-        "INFO",
-    ]
-    proc = ManagedProcess(f"bench-worker-{int(record)}", cmd, run_dir, env=env)
+        *prefix, sys.executable, "-m", "celery",
+        "-A", "harness.deployment.celery_app:app", "worker",
+        "-n", f"{name}@chaos", "-Q", queue, "-c", "2", "-P", "prefork",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
+    ]  # fmt: skip
+    proc = ManagedProcess(name, cmd, run_dir, env=env)
     proc.start()
-    proc.wait_ready(lambda: "ready." in proc.log_path.read_text(errors="replace"), timeout=60)
-    assert proc.pid is not None
+    return proc
+
+
+def _paired_round(redis: RedisServer, n: int, run_dir: Path, on_first: bool) -> dict[str, float]:
+    """Run a recording and a non-recording worker side by side on ``n`` tasks each.
+
+    Both queues are filled into side lists while the workers start, then moved into place in
+    one MULTI/EXEC, so both start on the same instant. The clock stops when the first queue is
+    empty: over that common window both workers had the same machine, so whatever else the
+    machine was doing (a noisy neighbour, CPU steal) hits both alike. Returns each side's
+    tasks/s and CPU seconds per 1000 tasks over the window.
+    """
+    broker = redis.url(0)
+    client = Celery("bench", broker=broker)
+    redis.flushall()
+    with client.producer_or_acquire() as producer:
+        for i in range(n):
+            for side in ("on", "off"):
+                client.send_task(
+                    "userapp.add", args=[i, 1], producer=producer, queue=f"fill-{side}"
+                )
+    order = [True, False] if on_first else [False, True]
+    procs = {
+        rec: _worker(f"bench-{'on' if rec else 'off'}", broker, f"q-{'on' if rec else 'off'}",
+                     rec, run_dir)
+        for rec in order
+    }
+    try:
+        for proc in procs.values():
+            proc.wait_ready(lambda p=proc: "ready." in p.log_path.read_text(errors="replace"),
+                            timeout=60)
+        with redis.client(0) as r:
+            cpu0 = {rec: _cpu_s(p.pid) for rec, p in procs.items() if p.pid}
+            pipe = r.pipeline(transaction=True)
+            pipe.rename("fill-on", "q-on")
+            pipe.rename("fill-off", "q-off")
+            pipe.execute()
+            t0 = time.monotonic()
+            while r.llen("q-on") and r.llen("q-off"):
+                if not all(p.is_running() for p in procs.values()):
+                    raise RuntimeError(f"a bench worker exited; see {run_dir}")
+                time.sleep(0.005)
+            elapsed = time.monotonic() - t0
+            cpu = {rec: _cpu_s(p.pid) - cpu0[rec] for rec, p in procs.items() if p.pid}
+            # done = taken off the queue and no longer waiting in the worker's prefetch
+            left = {True: r.llen("q-on"), False: r.llen("q-off")}
+        # messages a worker holds (prefetched, unacked) are counted as not done
+        unacked = _unacked_by_queue(redis)
+    finally:
+        for proc in procs.values():
+            proc.stop(timeout=10)
+    out: dict[str, float] = {}
+    for rec in (True, False):
+        side = "on" if rec else "off"
+        done = n - left[rec] - unacked.get(f"fill-{side}", 0) - unacked.get(f"q-{side}", 0)
+        out[f"rate_{side}"] = done / elapsed
+        out[f"cpu_{side}"] = 1000 * cpu[rec] / max(done, 1)
+    return out
+
+
+def _unacked_by_queue(redis: RedisServer) -> dict[str, int]:
+    """How many messages each queue has delivered but not yet acknowledged (Redis transport)."""
+    counts: dict[str, int] = {}
     with redis.client(0) as r:
-        cpu0 = _cpu_s(proc.pid)
-        t0 = time.monotonic()
-        r.rename("bench-fill", "bench")
-        while r.llen("bench") or r.hlen("unacked"):
-            if not proc.is_running():
-                raise RuntimeError(f"bench worker exited; see {proc.log_path}")
-            time.sleep(0.005)
-        elapsed = time.monotonic() - t0
-        cpu = _cpu_s(proc.pid) - cpu0
-    proc.stop(timeout=10)
-    return n / elapsed, 1000 * cpu / n
+        for raw in r.hvals("unacked"):
+            with contextlib.suppress(ValueError, TypeError, IndexError):
+                routing_key = json.loads(raw)[2]
+                counts[routing_key] = counts.get(routing_key, 0) + 1
+    return counts
 
 
-def recorder_overhead(
-    tasks: int, rounds: int
-) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-    """(throughput, CPU s per 1000 tasks) with recording off and on, interleaved."""
+def recorder_overhead(tasks: int, rounds: int) -> list[dict[str, float]]:
+    """Paired rounds of a recording and a non-recording worker side by side."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         redis = RedisServer(run_dir).start()
         try:
-            _drain_rate(redis, 200, False, run_dir)  # warm-up (imports, page cache)
-            off, on = [], []
-            for _ in range(rounds):
-                off.append(_drain_rate(redis, tasks, False, run_dir))
-                on.append(_drain_rate(redis, tasks, True, run_dir))
-            return off, on
+            _paired_round(redis, 200, run_dir, True)  # warm-up (imports, page cache)
+            return [_paired_round(redis, tasks, run_dir, i % 2 == 0) for i in range(rounds)]
+        finally:
+            redis.stop()
+            kill_all()
+
+
+def _instructions(redis: RedisServer, n: int, record: bool, run_dir: Path) -> int:
+    """Instructions a whole worker (main process and pool children) executes to start, drain
+    ``n`` queued trivial tasks and stop, counted by Valgrind (cachegrind, no cache model)."""
+    broker = redis.url(0)
+    client = Celery("bench", broker=broker)
+    redis.flushall()
+    with client.producer_or_acquire() as producer:
+        for i in range(n):
+            client.send_task("userapp.add", args=[i, 1], producer=producer, queue="q")
+    name = f"vg-{'on' if record else 'off'}-{n}"
+    out = run_dir / name
+    out.mkdir()
+    valgrind = (
+        "valgrind", "--tool=cachegrind", "--cache-sim=no", "--branch-sim=no",
+        f"--cachegrind-out-file={out}/cg.%p",
+    )  # fmt: skip
+    proc = _worker(name, broker, "q", record, run_dir, valgrind)
+    try:
+        with redis.client(0) as r:
+            deadline = time.monotonic() + 60 + n * 0.2
+            while r.llen("q") or r.hlen("unacked"):
+                if not proc.is_running() or time.monotonic() > deadline:
+                    raise RuntimeError(f"valgrind worker did not drain; see {proc.log_path}")
+                time.sleep(0.05)
+    finally:
+        proc.stop(timeout=300)
+    total = 0
+    for f in out.glob("cg.*"):
+        for line in f.read_text().splitlines():
+            if line.startswith("summary:"):
+                total += int(line.split()[1])
+    if not total:
+        raise RuntimeError(f"no cachegrind summary in {out}")
+    return total
+
+
+def instruction_overhead(small: int, large: int) -> tuple[float, float]:
+    """Instructions per task with recording off and on: the difference between a run of
+    ``large`` and a run of ``small`` tasks, so start-up and shutdown cancel out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        redis = RedisServer(run_dir).start()
+        try:
+            per_task = []
+            for record in (False, True):
+                lo = _instructions(redis, small, record, run_dir)
+                hi = _instructions(redis, large, record, run_dir)
+                per_task.append((hi - lo) / (large - small))
+            return per_task[0], per_task[1]
         finally:
             redis.stop()
             kill_all()
@@ -161,6 +241,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-scenarios", action="store_true")
+    parser.add_argument(
+        "--instructions", type=int, nargs=2, default=(200, 1200), metavar=("SMALL", "LARGE"),
+        help="task counts of the two Valgrind runs a mode (0 0 skips them)",
+    )
     args = parser.parse_args()
 
     if not args.skip_scenarios:
@@ -168,25 +252,34 @@ def main() -> None:
         print(f"  {'scenario':62} {'wall s':>7} {'pytest s':>9}")
         for name, wall, total in scenario_times():
             print(f"  {name:62} {wall:7.1f} {total:9.1f}")
-    off, on = recorder_overhead(args.tasks, args.rounds)
-    rate_off, rate_on = [r for r, _ in off], [r for r, _ in on]
-    cpu_off, cpu_on = [c for _, c in off], [c for _, c in on]
-    m_off, m_on = statistics.median(rate_off), statistics.median(rate_on)
-    c_off, c_on = statistics.median(cpu_off), statistics.median(cpu_on)
+    results = recorder_overhead(args.tasks, args.rounds)
+    tput = [100 * (1 - r["rate_on"] / r["rate_off"]) for r in results]
+    cpu = [100 * (r["cpu_on"] / r["cpu_off"] - 1) for r in results]
     print(
-        f"\nrecorder overhead, {args.tasks} trivial tasks x {args.rounds} rounds, "
-        "1 prefork worker (-c 2), Redis broker"
+        f"\nrecorder overhead, {args.tasks} trivial tasks a side x {args.rounds} paired rounds: "
+        "a recording and a non-recording prefork worker (-c 2) side by side, one Redis broker"
     )
-    for label, med, rates in (("off", m_off, rate_off), ("on ", m_on, rate_on)):
-        rounds = ", ".join(f"{x:.0f}" for x in rates)
-        print(f"  recording {label}: {med:8.0f} tasks/s  (rounds: {rounds})")
-    print(f"  throughput overhead: {100 * (1 - m_on / m_off):6.1f} %  (target <= 5 %)")
-    print(f"  worker CPU off: {c_off:.3f} s per 1000 tasks  "
-          f"(rounds: {', '.join(f'{x:.3f}' for x in cpu_off)})")
-    print(f"  worker CPU on : {c_on:.3f} s per 1000 tasks  "
-          f"(rounds: {', '.join(f'{x:.3f}' for x in cpu_on)})")
-    print(f"  CPU overhead  : {100 * (c_on / c_off - 1):6.1f} %  (target <= 5 %)")
-
+    print("  round  off tasks/s  on tasks/s  overhead   CPU off s/1k  CPU on s/1k  CPU overhead")
+    for i, (r, t, c) in enumerate(zip(results, tput, cpu, strict=True), 1):
+        print(
+            f"  {i:5d}  {r['rate_off']:11.0f}  {r['rate_on']:10.0f}  {t:7.1f} %  "
+            f"{r['cpu_off']:12.3f}  {r['cpu_on']:11.3f}  {c:10.1f} %"
+        )
+    print(f"  throughput overhead, median of rounds: {statistics.median(tput):6.1f} %  "
+          "(target <= 5 %)")
+    print(f"  CPU overhead, median of rounds:        {statistics.median(cpu):6.1f} %")
+    small, large = args.instructions
+    if large > small > 0 and shutil.which("valgrind"):
+        off, on = instruction_overhead(small, large)
+        print(
+            f"\nrecorder overhead in instructions per task (Valgrind; runs of {large} minus "
+            f"{small} tasks, one worker -c 2): the same on any machine, noise or not"
+        )
+        print(f"  recording off: {off / 1e6:8.3f} M instructions/task")
+        print(f"  recording on : {on / 1e6:8.3f} M instructions/task")
+        print(f"  overhead     : {100 * (on / off - 1):6.1f} %  (target <= 5 %)")
+    elif large > small > 0:
+        print("\n(valgrind not installed: no instruction count; apt install valgrind)")
 
 if __name__ == "__main__":
     main()

@@ -93,7 +93,7 @@ def test_missing_directory(tmp_path: Path) -> None:
 def test_writer_uses_o_append(tmp_path: Path) -> None:
     w = HistoryWriter(tmp_path, role="worker", host="w1")
     w.write(Kind.RECEIVED, task_id="a")
-    fd = w._descriptor()
+    fd = w._descriptor(os.getpid())
     assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
     # two writers on one file interleave whole lines, never overwrite each other
     other = HistoryWriter(tmp_path, role="worker", host="w1")

@@ -51,26 +51,25 @@ def _delivery(request: Any) -> tuple[bool | None, str | None]:
     return (bool(redelivered) if redelivered is not None else None), queue
 
 
+_worker_pids: tuple[int, int] | None = None  # (our pid, worker's main pid), once per process
+
+
 def _worker_pid() -> int:
     """The worker's main pid: ourselves in the main process, our parent in a pool child."""
-    return os.getppid() if _in_pool_child() else os.getpid()
-
-
-_pool_child: tuple[int, bool] | None = None  # (pid, answer), asked once per process
+    global _worker_pids
+    pid = os.getpid()
+    if _worker_pids is None or _worker_pids[0] != pid:
+        _worker_pids = (pid, os.getppid() if _in_pool_child() else pid)
+    return _worker_pids[1]
 
 
 def _in_pool_child() -> bool:
-    global _pool_child
-    pid = os.getpid()
-    if _pool_child is None or _pool_child[0] != pid:
-        try:
-            from billiard.process import current_process
+    try:
+        from billiard.process import current_process
 
-            answer = current_process().name.startswith("ForkPoolWorker")
-        except Exception:  # pragma: no cover - exotic pools
-            answer = False
-        _pool_child = (pid, answer)
-    return _pool_child[1]
+        return current_process().name.startswith("ForkPoolWorker")
+    except Exception:  # pragma: no cover - exotic pools
+        return False
 
 
 def _w(kind: Kind, **fields: Any) -> None:
@@ -81,16 +80,25 @@ def _w(kind: Kind, **fields: Any) -> None:
 # -- worker main process -------------------------------------------------------------------
 
 
+# The three records of every task (received, started, succeeded) take the writer's fast path:
+# plain dicts and string kinds (the recorder's cost is a benchmark target: bench_skeleton.py).
+_RECEIVED, _STARTED, _SUCCEEDED = Kind.RECEIVED.value, Kind.STARTED.value, Kind.SUCCEEDED.value
+
+
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    if _writer is None:
+        return
     redelivered, queue = _delivery(request)
-    _w(
-        Kind.RECEIVED,
-        task_id=request.id,
-        task_name=request.name,
-        queue=queue,
-        redelivered=redelivered,
-        retries=(request.request_dict or {}).get("retries"),
-        worker_pid=os.getpid(),
+    _writer.append(
+        _RECEIVED,
+        {
+            "task_id": request.id,
+            "task_name": request.name,
+            "queue": queue,
+            "redelivered": redelivered,
+            "retries": (request.request_dict or {}).get("retries"),
+            "worker_pid": os.getpid(),
+        },
     )
 
 
@@ -149,12 +157,15 @@ def _task_fields(task: Any) -> dict[str, Any]:
 
 
 def _on_prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any) -> None:
-    _w(Kind.STARTED, **_task_fields(task or sender))
+    if _writer is not None:
+        _writer.append(_STARTED, _task_fields(task or sender))
 
 
 def _on_success(sender: Any = None, result: Any = None, **kw: Any) -> None:
-    fields = _task_fields(sender)
-    _w(Kind.SUCCEEDED, runtime_s=kw.get("runtime"), **fields)
+    if _writer is not None:
+        fields = _task_fields(sender)
+        fields["runtime_s"] = kw.get("runtime")
+        _writer.append(_SUCCEEDED, fields)
 
 
 def _on_failure(
