@@ -5,11 +5,17 @@ Adds ``--chaos-app``, ``--chaos-workload`` and ``--chaos-reports``, the
 writes the run directory (``verdict.json``, ``index.html``) at the end of a
 session that ran at least one scenario. Exit status: 0 when every scenario
 ended as declared, 1 on an unexpected verdict, 2 on an infrastructure error.
+
+Under pytest-xdist (``-n 2``) the controller creates the run directory and hands it to
+every worker; each worker runs its scenarios on brokers of its own and leaves its results
+in ``<run>/.xdist/<worker>.json``; the controller joins them into one ``verdict.json``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +27,10 @@ from harness.report.results import ScenarioResult
 
 DEFAULT_APP = "sample_app.app:app"
 DEFAULT_WORKLOAD = Path(__file__).resolve().parent.parent / "sample_app" / "workload.yaml"
+#: Where an xdist controller tells its workers the run directory (``workerinput``).
+RUN_DIR_KEY = "chaos_run_dir"
+#: The run directory's folder of worker results under xdist (removed once joined).
+XDIST_DIR = ".xdist"
 
 
 class ChaosSession:
@@ -35,10 +45,22 @@ class ChaosSession:
         self.infra_error = False
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
+    @property
+    def worker_id(self) -> str | None:
+        """The pytest-xdist worker this session is (``gw0``...), None when not one."""
+        workerinput = getattr(self.config, "workerinput", None)
+        return workerinput.get("workerid") if workerinput else None
+
     def ensure_run_dir(self) -> Path:
         """Create the run directory on first use (unit-test-only sessions create none)."""
         if self.run_dir is None:
             from harness.report.results import new_run_dir
+
+            shared = (getattr(self.config, "workerinput", None) or {}).get(RUN_DIR_KEY)
+            if shared:  # an xdist worker: the controller's run directory
+                self.run_dir = Path(shared)
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                return self.run_dir
 
             base = self.config.getoption("chaos_reports") or os.environ.get(
                 "CHAOS_REPORTS_DIR", "reports"
@@ -98,7 +120,8 @@ def chaos_session(request: pytest.FixtureRequest) -> Iterator[ChaosSession]:
         sess.app = AppUnderTest.resolve(app_spec, workload)
     except ChaosError as exc:
         pytest.exit(f"celery-chaos: {exc}", returncode=2)
-    sess.brokers = SharedBrokers(run_dir)
+    folder = f"brokers-{sess.worker_id}" if sess.worker_id else "brokers"
+    sess.brokers = SharedBrokers(run_dir, folder)
     try:
         yield sess
     finally:
@@ -151,9 +174,45 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     return rep
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: object) -> None:
+    """pytest-xdist controller: every worker writes into the controller's run directory."""
+    sess = _session(node.config)  # type: ignore[attr-defined]
+    node.workerinput[RUN_DIR_KEY] = str(sess.ensure_run_dir())  # type: ignore[attr-defined]
+
+
+def _join_workers(sess: ChaosSession) -> None:
+    """Controller: add the xdist workers' results (and infrastructure errors) to ``sess``."""
+    assert sess.run_dir is not None
+    folder = sess.run_dir / XDIST_DIR
+    for path in sorted(folder.glob("*.json")):
+        data = json.loads(path.read_text())
+        sess.results.extend(ScenarioResult.model_validate(r) for r in data["results"])
+        sess.infra_error |= bool(data["infra_error"])
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     sess = _session(session.config)
     if sess.run_dir is None:
+        return
+    if sess.worker_id is not None:  # xdist worker: the controller writes the verdict
+        from harness.report.results import write_json
+
+        folder = sess.run_dir / XDIST_DIR
+        folder.mkdir(exist_ok=True)
+        write_json(
+            folder / f"{sess.worker_id}.json",
+            {
+                "results": [r.model_dump(mode="json") for r in sess.results],
+                "infra_error": sess.infra_error,
+            },
+        )
+        return
+    if (sess.run_dir / XDIST_DIR).is_dir():
+        _join_workers(sess)
+    if not sess.results and not sess.infra_error and not any(sess.run_dir.iterdir()):
+        sess.run_dir.rmdir()  # xdist made it, but no scenario ran
         return
     from harness.report.html import write_index
     from harness.report.results import RunVerdict, exit_code_for, run_verdict, versions, write_json

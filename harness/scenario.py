@@ -87,6 +87,7 @@ class SharedBrokers:
     """
 
     root: Path
+    folder: str = "brokers"  # under root; one per xdist worker
     _rabbit: RabbitMQServer | None = None
     _redis: RedisServer | None = None
     _vhosts: int = 0
@@ -95,7 +96,7 @@ class SharedBrokers:
         """The session's RabbitMQ node."""
         if self._rabbit is None:
             self._rabbit = RabbitMQServer(
-                self.root.resolve() / "brokers",
+                self.root.resolve() / self.folder,
                 bin_dir=os.environ.get(RABBITMQ_BIN_ENV, "/usr/lib/rabbitmq/bin"),
             )
             self._rabbit.start()
@@ -104,7 +105,7 @@ class SharedBrokers:
     def results_redis(self) -> RedisServer:
         """The session's Redis server for result backends."""
         if self._redis is None:
-            self._redis = redis_server(self.root.resolve() / "brokers", name="redis-results")
+            self._redis = redis_server(self.root.resolve() / self.folder, name="redis-results")
             self._redis.start()
         return self._redis
 

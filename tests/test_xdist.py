@@ -1,0 +1,58 @@
+"""Scenarios under pytest-xdist (``-n 2``) write one run directory, as a plain run does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCENARIOS = """
+def _run(chaos, tasks):
+    chaos.deploy("redis", workers=1, concurrency=1)
+    chaos.load(tasks=tasks, rate=50)
+    assert chaos.check(drain_timeout=30).verdict == "valid"
+
+
+def test_a(chaos):
+    _run(chaos, 3)
+
+
+def test_b(chaos):
+    _run(chaos, 4)
+
+
+def test_plain():
+    assert True
+"""
+
+
+def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "2", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+def test_workers_join_one_run_directory(tmp_path: Path) -> None:
+    (tmp_path / "test_two.py").write_text(SCENARIOS)
+    reports = tmp_path / "reports"
+    proc = _pytest(tmp_path, str(tmp_path / "test_two.py"), "--chaos-reports", str(reports))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = [p for p in reports.iterdir() if p.is_dir() and p.name != "_assets"]
+    verdict = json.loads((run_dir / "verdict.json").read_text())
+    assert sorted(s["name"] for s in verdict["scenarios"]) == ["test_a", "test_b"]
+    assert verdict["exit_code"] == 0 and verdict["as_expected"] is True
+    assert (run_dir / "index.html").is_file() and (run_dir / "junit.xml").is_file()
+    assert not (run_dir / ".xdist").exists()
+    # each worker had brokers of its own, in a folder of its own
+    assert {p.name for p in run_dir.glob("brokers-gw*")} <= {"brokers-gw0", "brokers-gw1"}
+    assert "celery-chaos: run directory" in proc.stdout
+
+
+def test_unit_tests_alone_leave_no_run_directory(tmp_path: Path) -> None:
+    (tmp_path / "test_units.py").write_text("def test_x():\n    pass\n\ndef test_y():\n    pass\n")
+    reports = tmp_path / "reports"
+    proc = _pytest(tmp_path, str(tmp_path / "test_units.py"), "--chaos-reports", str(reports))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not reports.exists() or not [p for p in reports.iterdir() if p.is_dir()]
