@@ -88,6 +88,9 @@ class SharedBrokers:
 
     root: Path
     folder: str = "brokers"  # under root; one per xdist worker
+    #: Seconds spent starting the shared brokers so far: the session's cost, which the first
+    #: scenario to need them should not count as its own.
+    startup_s: float = 0.0
     _rabbit: RabbitMQServer | None = None
     _redis: RedisServer | None = None
     _vhosts: int = 0
@@ -95,18 +98,22 @@ class SharedBrokers:
     def rabbitmq(self) -> RabbitMQServer:
         """The session's RabbitMQ node."""
         if self._rabbit is None:
+            t0 = time.monotonic()
             self._rabbit = RabbitMQServer(
                 self.root.resolve() / self.folder,
                 bin_dir=os.environ.get(RABBITMQ_BIN_ENV, "/usr/lib/rabbitmq/bin"),
             )
             self._rabbit.start()
+            self.startup_s += time.monotonic() - t0
         return self._rabbit
 
     def results_redis(self) -> RedisServer:
         """The session's Redis server for result backends."""
         if self._redis is None:
+            t0 = time.monotonic()
             self._redis = redis_server(self.root.resolve() / self.folder, name="redis-results")
             self._redis.start()
+            self.startup_s += time.monotonic() - t0
         return self._redis
 
     def new_vhost(self, name: str) -> str:
@@ -177,6 +184,7 @@ class Scenario:
             log_dir=str(self.log_dir),
         )
         self.started = time.monotonic()
+        self._shared_startup0 = brokers.startup_s
         self.broker_kind: BrokerKind | None = None
         self.broker: Any = None
         self.broker_url = ""
@@ -467,8 +475,12 @@ class Scenario:
         metrics: dict[str, Any] = {
             "drain_s": round(drained.seconds, 2),
             "drain": drained.reason,
-            "wall_s": round(time.monotonic() - self.started, 2),
+            "wall_s": self._wall_s(),
         }
+        if self.brokers.startup_s > self._shared_startup0:
+            metrics["shared_brokers_start_s"] = round(
+                self.brokers.startup_s - self._shared_startup0, 2
+            )
         faults = [r for r in history.records if r.kind is Kind.FAULT and r.phase == "end"]
         if faults:
             rec = recovery_time(history, faults[-1])
@@ -483,6 +495,11 @@ class Scenario:
         self.result.metrics = metrics
         self.save()
         return self.result
+
+    def _wall_s(self) -> float:
+        """Seconds since the scenario began, less any start of the session's shared brokers."""
+        shared = self.brokers.startup_s - self._shared_startup0
+        return round(time.monotonic() - self.started - shared, 2)
 
     def save(self) -> None:
         """Write ``result.json`` for this scenario."""
@@ -516,6 +533,6 @@ class Scenario:
                 step()
             except Exception as exc:  # noqa: BLE001 - teardown must go on
                 print(f"celery-chaos: teardown step failed: {exc}", file=sys.stderr)
-        self.result.metrics.setdefault("wall_s", round(time.monotonic() - self.started, 2))
+        self.result.metrics.setdefault("wall_s", self._wall_s())
         self.writer.write(Kind.SCENARIO, name=self.name, phase="end")
         self.save()
