@@ -107,6 +107,18 @@ def _worker(
     return proc
 
 
+def _fill(redis: RedisServer, n: int, queues: list[str]) -> str:
+    """Empty the Redis broker, queue ``n`` trivial tasks on each of ``queues``; return its URL."""
+    broker = redis.url(0)
+    client = Celery("bench", broker=broker)
+    redis.flushall()
+    with client.producer_or_acquire() as producer:
+        for i in range(n):
+            for queue in queues:
+                client.send_task("userapp.add", args=[i, 1], producer=producer, queue=queue)
+    return broker
+
+
 def _paired_round(redis: RedisServer, n: int, run_dir: Path, on_first: bool) -> dict[str, float]:
     """Run a recording and a non-recording worker side by side on ``n`` tasks each.
 
@@ -116,15 +128,7 @@ def _paired_round(redis: RedisServer, n: int, run_dir: Path, on_first: bool) -> 
     machine was doing (a noisy neighbour, CPU steal) hits both alike. Returns each side's
     tasks/s and CPU seconds per 1000 tasks over the window.
     """
-    broker = redis.url(0)
-    client = Celery("bench", broker=broker)
-    redis.flushall()
-    with client.producer_or_acquire() as producer:
-        for i in range(n):
-            for side in ("on", "off"):
-                client.send_task(
-                    "userapp.add", args=[i, 1], producer=producer, queue=f"fill-{side}"
-                )
+    broker = _fill(redis, n, ["fill-on", "fill-off"])
     order = [True, False] if on_first else [False, True]
     procs = {
         rec: _worker(f"bench-{'on' if rec else 'off'}", broker, f"q-{'on' if rec else 'off'}",
@@ -191,12 +195,7 @@ def recorder_overhead(tasks: int, rounds: int) -> list[dict[str, float]]:
 def _instructions(redis: RedisServer, n: int, record: bool, run_dir: Path) -> int:
     """Instructions a whole worker (main process and pool children) executes to start, drain
     ``n`` queued trivial tasks and stop, counted by Valgrind (cachegrind, no cache model)."""
-    broker = redis.url(0)
-    client = Celery("bench", broker=broker)
-    redis.flushall()
-    with client.producer_or_acquire() as producer:
-        for i in range(n):
-            client.send_task("userapp.add", args=[i, 1], producer=producer, queue="q")
+    broker = _fill(redis, n, ["q"])
     name = f"vg-{'on' if record else 'off'}-{n}"
     out = run_dir / name
     out.mkdir()

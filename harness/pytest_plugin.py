@@ -46,19 +46,23 @@ class ChaosSession:
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     @property
+    def workerinput(self) -> dict[str, object]:
+        """What the pytest-xdist controller gave this worker; empty when not a worker."""
+        return getattr(self.config, "workerinput", None) or {}
+
+    @property
     def worker_id(self) -> str | None:
         """The pytest-xdist worker this session is (``gw0``...), None when not one."""
-        workerinput = getattr(self.config, "workerinput", None)
-        return workerinput.get("workerid") if workerinput else None
+        return self.workerinput.get("workerid")  # type: ignore[return-value]
 
     def ensure_run_dir(self) -> Path:
         """Create the run directory on first use (unit-test-only sessions create none)."""
         if self.run_dir is None:
             from harness.report.results import new_run_dir
 
-            shared = (getattr(self.config, "workerinput", None) or {}).get(RUN_DIR_KEY)
+            shared = self.workerinput.get(RUN_DIR_KEY)
             if shared:  # an xdist worker: the controller's run directory
-                self.run_dir = Path(shared)
+                self.run_dir = Path(str(shared))
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 return self.run_dir
 

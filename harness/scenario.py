@@ -477,10 +477,8 @@ class Scenario:
             "drain": drained.reason,
             "wall_s": self._wall_s(),
         }
-        if self.brokers.startup_s > self._shared_startup0:
-            metrics["shared_brokers_start_s"] = round(
-                self.brokers.startup_s - self._shared_startup0, 2
-            )
+        if shared := self._shared_start_s():
+            metrics["shared_brokers_start_s"] = round(shared, 2)
         faults = [r for r in history.records if r.kind is Kind.FAULT and r.phase == "end"]
         if faults:
             rec = recovery_time(history, faults[-1])
@@ -496,10 +494,13 @@ class Scenario:
         self.save()
         return self.result
 
+    def _shared_start_s(self) -> float:
+        """Seconds this scenario waited for the session's shared brokers to start."""
+        return self.brokers.startup_s - self._shared_startup0
+
     def _wall_s(self) -> float:
         """Seconds since the scenario began, less any start of the session's shared brokers."""
-        shared = self.brokers.startup_s - self._shared_startup0
-        return round(time.monotonic() - self.started - shared, 2)
+        return round(time.monotonic() - self.started - self._shared_start_s(), 2)
 
     def save(self) -> None:
         """Write ``result.json`` for this scenario."""
