@@ -409,24 +409,33 @@ class Scenario:
         return started
 
     def wait_running(
-        self, worker: Worker | str, n: int = 1, *, min_age: float = 0.0, timeout: float = 30.0
+        self,
+        worker: Worker | str,
+        n: int = 1,
+        *,
+        min_age: float = 0.0,
+        max_age: float | None = None,
+        timeout: float = 30.0,
     ) -> list[str]:
         """Wait until ``worker`` runs ``n`` tasks that started ``min_age`` s ago or more.
 
-        ``min_age`` picks tasks long enough to still be running when a fault lands,
-        which is what makes a negative control detect its loss every time.
+        ``min_age`` picks tasks that are really under way; ``max_age`` (if given) leaves
+        out tasks so old they may end before a fault lands. Together they make a
+        negative control detect its loss every time.
         """
         w = worker if isinstance(worker, Worker) else self.worker(worker)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             now = time.monotonic_ns()
             running = self.running_on(w)
-            old = [i for i, r in running.items() if now - r.mono_ns >= min_age * 1e9]
+            hi = float("inf") if max_age is None else max_age * 1e9
+            old = [i for i, r in running.items() if min_age * 1e9 <= now - r.mono_ns <= hi]
             if len(old) >= n:
                 return old
             time.sleep(0.05)
+        span = f"{min_age}-{max_age} s" if max_age is not None else f"{min_age} s"
         raise InfrastructureError(
-            f"{w.name} never ran {n} task(s) for {min_age} s within {timeout:.0f} s: is the "
+            f"{w.name} never ran {n} task(s) for {span} within {timeout:.0f} s: is the "
             f"workload long enough to be interrupted? (logs in {self.log_dir})"
         )
 

@@ -10,6 +10,7 @@ started, so they are lost every time.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -35,14 +36,15 @@ REDIS_FAST_RESTORE = {
 }
 
 #: Simulated work in the sample app, long enough to be interrupted: every task the kill
-#: targets has run MIN_AGE s and has at least 0.7 s left, far more than the kill takes.
+#: targets has run MIN_AGE to MAX_AGE s, so it has at least 0.4 s left (emails run 1 s),
+#: far more than the kill takes.
 SLOW_TASKS = {
     "SAMPLE_REPORT_RENDER_SECONDS": "1.5",
     "SAMPLE_EMAIL_SEND_SECONDS": "1.0",
     "SAMPLE_FETCH_RETRY_COUNTDOWN": "1",
 }
 TASKS, RATE = 40, 20.0
-MIN_AGE = 0.3
+MIN_AGE, MAX_AGE = 0.3, 0.6
 
 
 def _kill_mid_load(chaos: Scenario, target: str, *, after_publishing: bool = False) -> list[str]:
@@ -53,6 +55,7 @@ def _kill_mid_load(chaos: Scenario, target: str, *, after_publishing: bool = Fal
     """
     chaos.load(tasks=TASKS, rate=RATE)
     w1 = chaos.worker("w1")
+    pid = w1.pid
     if after_publishing:
 
         def published() -> bool:  # the load's publishes only: workers' retries publish too
@@ -60,14 +63,25 @@ def _kill_mid_load(chaos: Scenario, target: str, *, after_publishing: bool = Fal
             return sum(r.kind is Kind.OK and r.role == "publisher" for r in recs) >= TASKS
 
         assert wait_for(published, 30), "the load never published every task"
-    running = chaos.wait_running(w1, n=1, min_age=MIN_AGE)
+    running = chaos.wait_running(w1, n=1, min_age=MIN_AGE, max_age=MAX_AGE)
+    t_kill = time.monotonic_ns()
     if target == "main":
         chaos.faults.kill_worker(w1)
     else:
         child = chaos.child_running(w1, running[0])
         chaos.faults.kill_pool_child(w1, child)
         running = [running[0]]
-    return running
+    # A task that ended between the read above and the signal (a slow read) was not hit;
+    # the WorkerLostError a killed child's task gets comes after t_kill. One must be hit.
+    ends = (Kind.SUCCEEDED, Kind.FAILED, Kind.RETRIED)
+    ended = {
+        r.task_id
+        for r in chaos.history()
+        if r.kind in ends and r.worker_pid == pid and r.mono_ns < t_kill
+    }
+    hit = [t for t in running if t not in ended]
+    assert hit, f"every task picked for the kill ended before it landed: {running}"
+    return hit
 
 
 @pytest.mark.chaos
