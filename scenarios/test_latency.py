@@ -79,6 +79,11 @@ def test_rabbitmq_latency_on_broker_links(chaos: Scenario) -> None:
     assert queue["counts"]["lost"] == 0
     assert queue["counts"]["acknowledged"] == BASELINE_TASKS + TOXIC_TASKS
     assert slow["completed"] == TOXIC_TASKS
-    # The toxic really was on the path: publisher -> broker -> worker is two one-way trips.
-    added = slow["end_to_end_ms"]["p50"] - base["end_to_end_ms"]["p50"]
-    assert added >= 2 * (LATENCY_MS - JITTER_MS), (base, slow)
+    # The toxic really was on the path: publisher -> broker -> worker is two one-way trips,
+    # and a confirm waits a round trip, each one-way at least LATENCY_MS - JITTER_MS. Bounds,
+    # not a difference from the baseline: on a loaded machine the baseline's own p50 (queueing
+    # behind running tasks) reached 163 ms, against ~30 ms on a quiet one.
+    floor = 2 * (LATENCY_MS - JITTER_MS)
+    assert slow["end_to_end_ms"]["p50"] >= floor, (base, slow)
+    assert slow["publish_ms"]["p50"] >= floor, (base, slow)
+    assert base["publish_ms"]["p50"] < LATENCY_MS - JITTER_MS, (base, slow)
