@@ -13,6 +13,9 @@ All in one run, everything on 127.0.0.1:
    ``deploy(proxied=True)`` does), rounds interleaved. Throughput is taken from the recorded
    history: first ``started`` to last ``succeeded``, so worker start-up is left out.
    Target: proxied >= 95 % of direct.
+
+When ``socat`` is on the PATH, round trips and Celery drains also go through a socat relay (a
+C relay with no fault logic) as a reference: it shows what any user-space relay costs here.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import shutil
 import statistics
 import sys
 import tempfile
@@ -36,8 +40,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_proxy  # noqa: E402
 
 from harness.deployment.brokers import RabbitMQServer, RedisServer  # noqa: E402
-from harness.deployment.links import LinkProxies  # noqa: E402
-from harness.deployment.processes import ManagedProcess, kill_all  # noqa: E402
+from harness.deployment.links import LinkProxies, with_host_port  # noqa: E402
+from harness.deployment.processes import (  # noqa: E402
+    ManagedProcess,
+    free_port,
+    kill_all,
+    wait_for,
+)
 from harness.faults.proxy.client import ToxiproxyClient  # noqa: E402
 from harness.history.schema import Kind  # noqa: E402
 from harness.history.store import read_history  # noqa: E402
@@ -48,8 +57,35 @@ QUEUE = "bench"
 # --------------------------------------------------------------------------- sockets
 
 
-def socket_figures(messages: int, bulk_mib: int, runs: int) -> dict[str, float]:
-    """Round trips, bulk and latency-toxic accuracy, direct vs proxied (bench_proxy's code)."""
+def socat_relay(run_dir: Path, upstream_port: int) -> int | None:
+    """Start a socat relay to ``upstream_port`` (reaped by ``kill_all``); its port, or None
+    when socat is not installed."""
+    exe = shutil.which("socat")
+    if exe is None:
+        return None
+    port = free_port()
+    cmd = [
+        exe,
+        f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay",
+        f"TCP:127.0.0.1:{upstream_port},nodelay",
+    ]
+    proc = ManagedProcess(f"socat-{upstream_port}", cmd, run_dir)
+    proc.start()
+
+    def listening() -> bool:
+        return any(
+            c.laddr.port == port and c.status == psutil.CONN_LISTEN
+            for c in psutil.net_connections("tcp4")
+        )
+
+    if not wait_for(listening, 10):
+        raise RuntimeError(f"socat did not listen on {port}; see {proc.log_path}")
+    return port
+
+
+def socket_figures(messages: int, bulk_mib: int, runs: int, run_dir: Path) -> dict[str, float]:
+    """Round trips, bulk and latency-toxic accuracy, direct vs proxied (bench_proxy's code),
+    and round trips through socat when it is installed."""
     ctx = mp.get_context("spawn")
     ports: mp.Queue = ctx.Queue()
     upstream = ctx.Process(target=bench_proxy._upstreams, args=(ports,), daemon=True)
@@ -61,11 +97,15 @@ def socket_figures(messages: int, bulk_mib: int, runs: int) -> dict[str, float]:
         api = ToxiproxyClient(url)
         echo = api.create_proxy("bench_echo", "127.0.0.1:0", f"127.0.0.1:{echo_port}")
         sink = api.create_proxy("bench_sink", "127.0.0.1:0", f"127.0.0.1:{sink_port}")
+        socat_port = socat_relay(run_dir, echo_port)
         direct_rt: list[float] = []
         proxy_rt: list[float] = []
-        for _ in range(2):  # interleaved, so drift on a shared machine hits both alike
+        socat_rt: list[float] = []
+        for _ in range(2):  # interleaved, so drift on a shared machine hits all alike
             direct_rt += bench_proxy.round_trips(echo_port, messages // 2)
             proxy_rt += bench_proxy.round_trips(echo.listen_port, messages // 2)
+            if socat_port is not None:
+                socat_rt += bench_proxy.round_trips(socat_port, messages // 2)
         total = bulk_mib * 1024 * 1024
         direct_bw = proxy_bw = 0.0
         for _ in range(runs):
@@ -91,6 +131,8 @@ def socket_figures(messages: int, bulk_mib: int, runs: int) -> dict[str, float]:
         direct_mb_s=direct_bw,
         proxy_mb_s=proxy_bw,
     )
+    if socat_rt:
+        out["socat_p50_us"] = bench_proxy.pct(socat_rt, 0.5)
     return out
 
 
@@ -197,9 +239,10 @@ Rounds = list[tuple[float, float, float]]
 
 def celery_figures(
     tasks: int, rounds: int, run_dir: Path, brokers: list[str]
-) -> dict[str, tuple[Rounds, Rounds]]:
-    """Per broker: (direct, proxied) rounds of (tasks/s, machine busy, proxy CPU s/1000)."""
-    out: dict[str, tuple[Rounds, Rounds]] = {}
+) -> dict[str, tuple[Rounds, Rounds, Rounds]]:
+    """Per broker: (direct, proxied, socat) rounds of (tasks/s, machine busy, proxy CPU
+    s/1000); the socat rounds are empty without socat."""
+    out: dict[str, tuple[Rounds, Rounds, Rounds]] = {}
     links = LinkProxies(run_dir / "proxy").start()
     try:
         for kind in brokers:
@@ -215,14 +258,18 @@ def celery_figures(
                 drain_rate(url, url, tasks // 4, run_dir, f"{kind}-warmup")  # imports, cache
                 direct: Rounds = []
                 via: Rounds = []
+                ref: Rounds = []
                 pid = links.proc.pid if links.proc is not None else None
+                modes = [(direct, url, "direct"), (via, proxied, "proxied")]
+                socat_port = socat_relay(run_dir, server.port)
+                if socat_port is not None:
+                    modes.append((ref, with_host_port(url, "127.0.0.1", socat_port), "socat"))
                 for i in range(rounds):  # alternate which mode goes first
-                    pair = [(direct, url, "direct"), (via, proxied, "proxied")]
-                    for sink, worker_url, label in pair if i % 2 == 0 else pair[::-1]:
+                    for sink, worker_url, label in modes if i % 2 == 0 else modes[::-1]:
                         sink.append(
                             drain_rate(url, worker_url, tasks, run_dir, f"{kind}-{label}-{i}", pid)
                         )
-                out[kind] = (direct, via)
+                out[kind] = (direct, via, ref)
             finally:
                 server.stop()
     finally:
@@ -243,8 +290,11 @@ def main() -> int:
     parser.add_argument("--brokers", default="redis,rabbitmq", help="comma-separated")
     args = parser.parse_args()
 
-    sock = socket_figures(args.messages, args.bulk_mib, runs=3)
     with tempfile.TemporaryDirectory() as tmp:
+        try:
+            sock = socket_figures(args.messages, args.bulk_mib, 3, Path(tmp) / "sockets")
+        finally:
+            kill_all()
         celery = celery_figures(args.tasks, args.rounds, Path(tmp), args.brokers.split(","))
 
     added = sock["proxy_p50_us"] - sock["direct_p50_us"]
@@ -256,6 +306,13 @@ def main() -> int:
         f"{'200 B round trip p50 (us)':<40}{sock['direct_p50_us']:>10.1f}"
         f"{sock['proxy_p50_us']:>10.1f}{f'+{added:.1f} us':>20}"
     )
+    if "socat_p50_us" in sock:
+        ref = sock["socat_p50_us"]
+        ref_added = ref - sock["direct_p50_us"]
+        print(
+            f"{'  reference: socat relay p50 (us)':<40}{'':>10}{ref:>10.1f}"
+            f"{f'+{ref_added:.1f} us':>20}"
+        )
     print(
         f"{'200 B round trip p99 (us)':<40}{sock['direct_p99_us']:>10.1f}"
         f"{sock['proxy_p99_us']:>10.1f}"
@@ -274,7 +331,7 @@ def main() -> int:
             f"{f'p99 err {p99:.2f} ms':>20}"
         )
     ok_celery = True
-    for kind, (direct, via) in celery.items():
+    for kind, (direct, via, ref_rounds) in celery.items():
         d = statistics.median(r[0] for r in direct)
         p = statistics.median(r[0] for r in via)
         ok_celery &= p >= 0.95 * d
@@ -284,6 +341,9 @@ def main() -> int:
         proxy_cpu = statistics.median(r[2] for r in via)
         print(f"{f'Celery tasks/s, {kind}':<40}{d:>10.0f}{p:>10.0f}{f'{p / d:.1%}':>20}")
         print(f"{'  rounds (direct:proxied)':<40}{rounds}")
+        if ref_rounds:
+            r = statistics.median(x[0] for x in ref_rounds)
+            print(f"{'  reference: socat relay':<40}{'':>10}{r:>10.0f}{f'{r / d:.1%}':>20}")
         print(
             f"{'  machine busy (all cores)':<40}{busy_d:>10.0%}{busy_p:>10.0%}"
             f"{f'proxy {proxy_cpu:.2f} cpu-s/1k':>20}"
