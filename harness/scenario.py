@@ -396,11 +396,16 @@ class Scenario:
         """The history so far, in monotonic order."""
         return read_history(self.history_dir).records
 
-    def running_on(self, worker: Worker) -> dict[str, Record]:
-        """Tasks started by ``worker``'s current process and not yet ended: id -> ``started``."""
+    def running_on(self, worker: Worker, until_ns: int | None = None) -> dict[str, Record]:
+        """Tasks started by ``worker``'s current process and not yet ended: id -> ``started``.
+
+        ``until_ns``: as of that monotonic time (later records are left out).
+        """
         started: dict[str, Record] = {}
         for rec in self.history():
             if rec.worker_pid != worker.pid or rec.task_id is None:
+                continue
+            if until_ns is not None and rec.mono_ns > until_ns:
                 continue
             if rec.kind is Kind.STARTED:
                 started[rec.task_id] = rec
@@ -424,12 +429,12 @@ class Scenario:
         negative control detect its loss every time.
         """
         w = worker if isinstance(worker, Worker) else self.worker(worker)
+        lo, hi = min_age * 1e9, float("inf") if max_age is None else max_age * 1e9
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             now = time.monotonic_ns()
             running = self.running_on(w)
-            hi = float("inf") if max_age is None else max_age * 1e9
-            old = [i for i, r in running.items() if min_age * 1e9 <= now - r.mono_ns <= hi]
+            old = [i for i, r in running.items() if lo <= now - r.mono_ns <= hi]
             if len(old) >= n:
                 return old
             time.sleep(0.05)

@@ -55,7 +55,6 @@ def _kill_mid_load(chaos: Scenario, target: str, *, after_publishing: bool = Fal
     """
     chaos.load(tasks=TASKS, rate=RATE)
     w1 = chaos.worker("w1")
-    pid = w1.pid
     if after_publishing:
 
         def published() -> bool:  # the load's publishes only: workers' retries publish too
@@ -73,13 +72,8 @@ def _kill_mid_load(chaos: Scenario, target: str, *, after_publishing: bool = Fal
         running = [running[0]]
     # A task that ended between the read above and the signal (a slow read) was not hit;
     # the WorkerLostError a killed child's task gets comes after t_kill. One must be hit.
-    ends = (Kind.SUCCEEDED, Kind.FAILED, Kind.RETRIED)
-    ended = {
-        r.task_id
-        for r in chaos.history()
-        if r.kind in ends and r.worker_pid == pid and r.mono_ns < t_kill
-    }
-    hit = [t for t in running if t not in ended]
+    still = chaos.running_on(w1, until_ns=t_kill)
+    hit = [t for t in running if t in still]
     assert hit, f"every task picked for the kill ended before it landed: {running}"
     return hit
 
