@@ -41,12 +41,7 @@ import bench_proxy  # noqa: E402
 
 from harness.deployment.brokers import RabbitMQServer, RedisServer  # noqa: E402
 from harness.deployment.links import LinkProxies, with_host_port  # noqa: E402
-from harness.deployment.processes import (  # noqa: E402
-    ManagedProcess,
-    free_port,
-    kill_all,
-    wait_for,
-)
+from harness.deployment.processes import ManagedProcess, free_port, kill_all  # noqa: E402
 from harness.faults.proxy.client import ToxiproxyClient  # noqa: E402
 from harness.history.schema import Kind  # noqa: E402
 from harness.history.store import read_history  # noqa: E402
@@ -70,16 +65,13 @@ def socat_relay(run_dir: Path, upstream_port: int) -> int | None:
         f"TCP:127.0.0.1:{upstream_port},nodelay",
     ]
     proc = ManagedProcess(f"socat-{upstream_port}", cmd, run_dir)
-    proc.start()
-
-    def listening() -> bool:
-        return any(
+    proc.start().wait_ready(
+        lambda: any(
             c.laddr.port == port and c.status == psutil.CONN_LISTEN
             for c in psutil.net_connections("tcp4")
-        )
-
-    if not wait_for(listening, 10):
-        raise RuntimeError(f"socat did not listen on {port}; see {proc.log_path}")
+        ),
+        timeout=10,
+    )
     return port
 
 
