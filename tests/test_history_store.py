@@ -144,3 +144,15 @@ def test_a_line_that_is_not_a_json_object_counts_as_torn(tmp_path: Path) -> None
     raws, files, torn = read_raw(tmp_path)
     assert len(history) == 1 and history.torn_lines == 1
     assert len(raws) == 1 and torn == 1 and files == [writer.path]
+
+
+def test_decode_lines_splits_as_a_text_mode_read(tmp_path: Path) -> None:
+    """The incremental reader decodes bytes itself: it must see the lines read_raw sees."""
+    from harness.history.store import decode_lines
+
+    data = b'{"a": 1}\r\n\xff\xfeok\rnext\n\nlast \xe2\x82'
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(data)
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        expected = [line.rstrip("\n") for line in fh]
+    assert [x for x in decode_lines(data) if x] == [x for x in expected if x]

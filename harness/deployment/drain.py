@@ -19,8 +19,9 @@ from pathlib import Path
 
 import psutil
 
+from harness.history.reader import HistoryTail, TailCursor
 from harness.history.schema import Kind, Record
-from harness.history.store import HistoryWriter, read_history
+from harness.history.store import HistoryWriter
 
 #: Records after which a task id is done (a worker-lost failure may still be redelivered).
 _TERMINAL = {Kind.SUCCEEDED, Kind.FAILED, Kind.REVOKED, Kind.REJECTED}
@@ -37,29 +38,59 @@ class DrainResult:
     depths: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def outstanding_ids(history_dir: Path) -> tuple[set[str], int, set[str]]:
+class DrainState:
+    """Which acknowledged tasks are outstanding, kept up to date from the records a
+    :class:`HistoryTail` reads after each look (not recomputed from the whole history)."""
+
+    def __init__(self, tail: HistoryTail) -> None:
+        self.tail = tail
+        self._cursor: TailCursor | None = None
+        self.acked: set[str] = set()
+        self.done: set[str] = set()
+        self.outstanding: set[str] = set()  # acked - done
+        self.last: dict[str, Record] = {}  # task id -> its latest worker record
+        self.count = 0
+
+    def update(self) -> tuple[set[str], int, set[str]]:
+        """Read the new records; return what :func:`outstanding_ids` returns."""
+        records, self._cursor, whole = self.tail.since(self._cursor)
+        if whole:
+            self.acked, self.done, self.outstanding = set(), set(), set()
+            self.last, self.count = {}, 0
+        self.count += len(records)
+        for rec in records:
+            if rec.task_id is None:
+                continue
+            if rec.kind is Kind.OK:
+                self.acked.add(rec.task_id)
+                if rec.task_id not in self.done:
+                    self.outstanding.add(rec.task_id)
+            elif rec.kind in _TERMINAL and not rec.is_dropped:
+                self.done.add(rec.task_id)
+                self.outstanding.discard(rec.task_id)
+            if rec.role == "worker":
+                prev = self.last.get(rec.task_id)
+                if prev is None or (rec.mono_ns, rec.wall_ns) >= (prev.mono_ns, prev.wall_ns):
+                    self.last[rec.task_id] = rec
+        outstanding = set(self.outstanding)
+        running = {
+            t
+            for t in outstanding
+            if (rec := self.last.get(t)) is not None
+            and rec.kind is Kind.STARTED
+            and _alive(rec.pid)
+        }
+        return outstanding, self.count, running
+
+
+def outstanding_ids(history: Path | HistoryTail) -> tuple[set[str], int, set[str]]:
     """Acknowledged ids without a terminal record, the history's record count, and the
-    outstanding ids still running: last seen ``started`` in a process that is alive."""
-    hist = read_history(history_dir)
-    acked: set[str] = set()
-    done: set[str] = set()
-    last: dict[str, Record] = {}
-    for rec in hist.records:
-        if rec.task_id is None:
-            continue
-        if rec.kind is Kind.OK:
-            acked.add(rec.task_id)
-        elif rec.kind in _TERMINAL and not rec.is_dropped:
-            done.add(rec.task_id)
-        if rec.role == "worker":
-            last[rec.task_id] = rec
-    outstanding = acked - done
-    running = {
-        t
-        for t in outstanding
-        if (rec := last.get(t)) is not None and rec.kind is Kind.STARTED and _alive(rec.pid)
-    }
-    return outstanding, len(hist.records), running
+    outstanding ids still running: last seen ``started`` in a process that is alive.
+
+    A one-off look; :class:`DrainState` keeps the answer up to date between looks.
+    """
+    tail = history if isinstance(history, HistoryTail) else HistoryTail(history)
+    return DrainState(tail).update()
 
 
 def _alive(pid: int) -> bool:
@@ -78,12 +109,16 @@ def drain(
     settle: float = 3.0,
     poll: float = 0.25,
     writer: HistoryWriter | None = None,
+    tail: HistoryTail | None = None,
 ) -> DrainResult:
     """Wait until the deployment is quiescent; record and return the outcome.
 
     ``depths`` returns ``{queue: (ready, unacked)}`` from the broker; an
-    exception from it (broker down) counts as "not empty".
+    exception from it (broker down) counts as "not empty". ``tail``: the scenario's own
+    reader of ``history_dir`` (else the drain makes one), so each look reads only what
+    was appended since the last one.
     """
+    state = DrainState(tail if tail is not None else HistoryTail(history_dir))
     start = time.monotonic()
     last_count = -1
     last_change = start
@@ -92,7 +127,7 @@ def drain(
     outstanding: set[str] = set()
     while True:
         now = time.monotonic()
-        outstanding, count, running = outstanding_ids(history_dir)
+        outstanding, count, running = state.update()
         if count != last_count:
             last_count, last_change = count, now
         # Ask the broker only when its answer can end the drain (RabbitMQ's answer costs a

@@ -165,10 +165,21 @@ def read_raw(directory: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], l
 def parse_lines(lines: Iterable[str]) -> tuple[list[Record], int]:
     """Parse JSON Lines into records; return them with the number of torn lines skipped."""
     raws, torn = parse_raw(lines)
-    return _validate(raws), torn
+    return validate_raws(raws), torn
 
 
-def _validate(raws: list[dict[str, Any]]) -> list[Record]:
+def decode_lines(data: bytes) -> list[str]:
+    """``data`` split into lines as :func:`read_raw` reads a file (UTF-8 with replacement,
+    universal newlines: ``\\r\\n`` and ``\\r`` end a line too), without the line ends."""
+    text = data.decode("utf-8", errors="replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.split("\n")
+
+
+def validate_raws(raws: list[dict[str, Any]]) -> list[Record]:
+    """Plain dicts into records; a newer schema or an invalid record raises
+    :class:`SchemaVersionError` (the one definition of what a valid record is)."""
     records: list[Record] = []
     for raw in raws:
         version = raw.get("v", 1)
@@ -202,6 +213,6 @@ def read_history(directory: str | os.PathLike[str]) -> History:
     if not root.is_dir():
         raise FileNotFoundError(f"no history directory at {root}")
     raws, files, torn = read_raw(root)
-    records = _validate(raws)
+    records = validate_raws(raws)
     records.sort(key=lambda r: (r.mono_ns, r.wall_ns))
     return History(records=records, files=files, torn_lines=torn)
