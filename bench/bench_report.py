@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from harness.report.browser import Chromium, find_chromium  # noqa: E402
 from harness.report.html import write_index  # noqa: E402
-from harness.report.results import RunVerdict  # noqa: E402
 from harness.report.synthetic import SyntheticSpec, make_run  # noqa: E402
+from harness.results import RunVerdict  # noqa: E402
 
 SIZE_LIMIT = 10_000_000  # bytes
 OPEN_LIMIT_MS = 3000.0
@@ -50,9 +50,11 @@ def main() -> int:
     history_mb = sum(p.stat().st_size for p in run_dir.glob("scenarios/*/history/*")) / 1e6
     page = run_dir / "index.html"
     js = next((root / "_assets").glob("plotly-*.min.js"))
-    counts = run.scenarios[0].invariants[0].summary["counts"]
-    print(f"tasks: {counts['attempted']} attempted, {counts['completed']} completed, "
-          f"{counts['lost']} lost; history {history_mb:.1f} MB")
+    queue = run.scenarios[0].queue
+    assert queue is not None
+    counts = queue.counts
+    print(f"tasks: {counts.attempted} attempted, {counts.completed} completed, "
+          f"{counts.lost} lost; history {history_mb:.1f} MB")
     print(f"history + check: {t1 - t0:.1f} s; report written in {t2 - t1:.1f} s")
     size, js_size = page.stat().st_size, js.stat().st_size
     print(f"index.html: {size / 1e6:.2f} MB; plotly.js (shared, once per reports dir): "

@@ -300,7 +300,7 @@ def test_as_a_scenario_invariant() -> None:
     results = check_history(one_beat([FAST]).history(), extra=[beat_checker()])
     assert [r.name for r in results] == ["queue", "beat"]
     assert results[1].verdict is Verdict.VALID
-    assert results[1].summary["entries"]["fast-report"]["ok"] >= 8
+    assert results[1].summary_as(BeatCheckResult).entries["fast-report"].ok >= 8
 
 
 # -- the production crontab across a simulated day -------------------------------------------
@@ -338,6 +338,23 @@ def test_morning_crontab_missing_or_twice_fails() -> None:
     late.fire(eight + 400, MORNING)  # later than max loop interval + margin
     res = late.stop("beat1", T0 + day).drain(T0 + day + 1).check()
     assert res.valid is Verdict.INVALID and res.entries[MORNING.name].late == 1
+
+
+def test_the_callers_margin_decides_which_entry_a_shared_fire_serves() -> None:
+    """A crontab and an interval entry share task and arguments: a fire 310 s after the
+    crontab slot is that slot's, late within ``margin_s=30`` (300 s loop + 30 s), so the
+    assignment must use the caller's margin too, not the default 0.5 s."""
+    every2d = EntrySpec(name="every-2d", task=TASK, type="interval", run_every_s=172800,
+                        args=[1])
+    eight = datetime(2026, 3, 10, 8, 0, tzinfo=timezone.utc).timestamp()
+    h = Hist([MORNING, every2d], max_loop=300.0).schedule(T0 - 1).start("beat1", T0)
+    h.fire(eight + 310, MORNING)
+    h.stop("beat1", eight + 3600).drain(eight + 3601)
+    res = h.check(margin_s=30.0)
+    assert res.valid is Verdict.VALID, res.problems
+    assert (res.entries[MORNING.name].ok, res.entries["every-2d"].extra) == (1, 0)
+    default = h.check()  # 0.5 s: too late for the slot, so the interval entry's (early)
+    assert (default.entries[MORNING.name].missing, default.entries["every-2d"].early) == (1, 1)
 
 
 # -- several beats, restarts, fail-over --------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.checks.hung import check_hung, no_hung_tasks, task_runs
+from harness.checks.hung import HungSummary, check_hung, no_hung_tasks, task_runs
 from harness.checks.queue import check_queue
 from harness.checks.verdict import Verdict, check_history
 from harness.history.schema import Kind, Record
@@ -51,8 +51,9 @@ def test_runs_ending_within_the_bound_are_valid() -> None:
     )
     res = check_hung(h, bound_s=5)
     assert res.verdict is Verdict.VALID, res.problems
-    assert res.summary["hung"] == {}
-    assert res.summary["endings"] == {
+    s = res.summary_as(HungSummary)
+    assert s.hung == {}
+    assert s.endings == {
         "failed:SoftTimeLimitExceeded": 1,
         "failed:TimeLimitExceeded": 1,
         "succeeded": 1,
@@ -70,8 +71,9 @@ def test_a_task_still_running_past_the_bound_is_flagged_by_id_with_its_duration(
     )
     res = check_hung(h, bound_s=5)
     assert res.verdict is Verdict.INVALID
-    assert res.summary["hung"] == {"stuck": 6.5}
-    assert res.summary["hung_still_running"] == ["stuck"]
+    s = res.summary_as(HungSummary)
+    assert s.hung == {"stuck": 6.5}
+    assert s.hung_still_running == ["stuck"]
     assert "stuck" in res.problems[0] and "6.5 s" in res.problems[0]
     # invalid beats the queue's unknown (incomplete drain): the negative control is flagged
     results = check_history(h, extra=[no_hung_tasks(5)])
@@ -83,14 +85,14 @@ def test_a_run_that_ended_after_the_bound_is_hung_too() -> None:
     h = hist(rec(Kind.STARTED, 0, "slow"), rec(Kind.SUCCEEDED, 30, "slow"), drain(31))
     res = check_hung(h, bound_s=5)
     assert res.verdict is Verdict.INVALID
-    assert res.summary["hung"] == {"slow": 30.0}
+    assert res.summary_as(HungSummary).hung == {"slow": 30.0}
     assert "ended only after 30.0 s (succeeded)" in res.problems[0]
 
 
 def test_an_open_run_younger_than_the_bound_is_unknown() -> None:
     res = check_hung(hist(rec(Kind.STARTED, 0, "young"), drain(2)), bound_s=5)
     assert res.verdict is Verdict.UNKNOWN
-    assert res.summary["open_within_bound"] == ["young"]
+    assert res.summary_as(HungSummary).open_within_bound == ["young"]
 
 
 def test_killed_processes_and_redeliveries_end_runs() -> None:
@@ -108,8 +110,9 @@ def test_killed_processes_and_redeliveries_end_runs() -> None:
         drain(20),
     )
     res = check_hung(h, bound_s=5)
-    assert res.summary["hung"] == {"paused": 20.0}
-    assert res.summary["endings"] == {"died": 2, "open": 1, "succeeded": 1, "superseded": 1}
+    s = res.summary_as(HungSummary)
+    assert s.hung == {"paused": 20.0}
+    assert s.endings == {"died": 2, "open": 1, "succeeded": 1, "superseded": 1}
 
 
 def test_no_records_is_valid_and_the_bound_must_be_positive() -> None:
@@ -174,8 +177,9 @@ def runs_and_truth(draw: st.DrawFn) -> tuple[History, float, dict[str, float], i
 def test_hung_runs_match_the_planted_durations(case: tuple[History, float, dict, int]) -> None:
     h, bound, truth, n = case
     res = check_hung(h, bound_s=bound)
-    assert res.summary["runs"] == n == len(task_runs(h))
-    assert set(res.summary["hung"]) == set(truth)
+    s = res.summary_as(HungSummary)
+    assert s.runs == n == len(task_runs(h))
+    assert set(s.hung) == set(truth)
     for tid, secs in truth.items():
-        assert res.summary["hung"][tid] == pytest.approx(secs, abs=0.002)
+        assert s.hung[tid] == pytest.approx(secs, abs=0.002)
     assert res.verdict is (Verdict.INVALID if truth else Verdict.VALID)

@@ -8,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.checks.liveness import (
+    PublishSummary,
+    ResumeSummary,
     check_publish_bounded,
     check_resume_consuming,
     end_to_end_latencies,
@@ -89,9 +91,10 @@ def test_workers_consuming_after_the_heal_are_valid() -> None:
     )
     res = check_resume_consuming(h, bound_s=10)
     assert res.verdict is Verdict.VALID, res.problems
-    assert res.summary["heals"] == 1
-    assert res.summary["resume_s"] == {"w1@chaos": 0.4, "w2@chaos": 0.9}
-    assert res.summary["longest_stall_s"] == 0.9  # w2, from the heal to its first task
+    s = res.summary_as(ResumeSummary)
+    assert s.heals == 1
+    assert s.resume_s == {"w1@chaos": 0.4, "w2@chaos": 0.9}
+    assert s.longest_stall_s == 0.9  # w2, from the heal to its first task
 
 
 def test_a_live_worker_idle_with_messages_ready_is_flagged() -> None:
@@ -100,9 +103,9 @@ def test_a_live_worker_idle_with_messages_ready_is_flagged() -> None:
     assert res.verdict is Verdict.INVALID
     assert "w1@chaos idle for 15.0 s" in res.problems[0]
     assert "still idle when the window closed" in res.problems[0]
-    (report,) = res.summary["reports"]
-    assert report["workers"][0]["first_activity_s"] is None
-    assert report["workers"][0]["ready_at_heal"] == 12
+    (report,) = res.summary_as(ResumeSummary).reports
+    assert report.workers[0].first_activity_s is None
+    assert report.workers[0].ready_at_heal == 12
 
 
 def test_a_stall_that_ends_within_the_bound_or_an_empty_queue_is_valid() -> None:
@@ -169,10 +172,11 @@ def test_only_windows_after_a_heal_are_judged() -> None:
     assert res.verdict is Verdict.VALID  # idle for 20 s, but the link was cut
     two = hist(up(0), ready(0.5, 10), *partition(1, 2), *partition(8, 30), *task("a", 30.5))
     res = check_resume_consuming(hist(*two.records, drain(31)), bound_s=10)
-    assert res.verdict is Verdict.VALID and res.summary["heals"] == 2  # 6 s, then cut again
+    assert res.verdict is Verdict.VALID  # 6 s, then cut again
+    assert res.summary_as(ResumeSummary).heals == 2
     no_heal = hist(up(0), ready(0.5, 10), drain(60, complete=False))
     res = check_resume_consuming(no_heal, bound_s=10)
-    assert res.verdict is Verdict.VALID and res.summary["heals"] == 0
+    assert res.verdict is Verdict.VALID and res.summary_as(ResumeSummary).heals == 0
     no_samples = hist(up(0), *partition(1, 2), drain(60))
     res = check_resume_consuming(no_samples, bound_s=10)
     assert res.verdict is Verdict.UNKNOWN
@@ -184,7 +188,7 @@ def test_broker_errors_in_samples_do_not_count_as_ready() -> None:
     h = hist(up(0), ready(0.5, 4), *partition(1, 2), err, drain(30, complete=False))
     res = check_resume_consuming(h, bound_s=10)
     assert res.verdict is Verdict.VALID  # 1 s with messages ready, then unknown
-    assert res.summary["longest_stall_s"] == 1.0
+    assert res.summary_as(ResumeSummary).longest_stall_s == 1.0
 
 
 def test_the_checker_plugs_into_check_history() -> None:
@@ -226,8 +230,9 @@ def test_publishes_within_the_bound_are_valid_and_slow_ones_flagged() -> None:
     )
     res = check_publish_bounded(fast, bound_s=5)
     assert res.verdict is Verdict.VALID
-    assert res.summary["outcomes"] == {"ok": 1, "info": 1}
-    assert res.summary["longest_s"] == 2.0
+    s = res.summary_as(PublishSummary)
+    assert s.outcomes == {"ok": 1, "info": 1}
+    assert s.longest_s == 2.0
     slow = hist(
         pub(Kind.INVOKE, 0, "a"),
         pub(Kind.OK, 8, "a", 8.0),
@@ -236,7 +241,8 @@ def test_publishes_within_the_bound_are_valid_and_slow_ones_flagged() -> None:
     )
     res = check_publish_bounded(slow, bound_s=5)
     assert res.verdict is Verdict.INVALID
-    assert res.summary["slow"] == 2 and res.summary["outcomes"] == {"ok": 1, "open": 1}
+    s = res.summary_as(PublishSummary)
+    assert s.slow == 2 and s.outcomes == {"ok": 1, "open": 1}
     assert "b 19.0 s (open)" in res.problems[0] and "a 8.0 s (ok)" in res.problems[0]
 
 

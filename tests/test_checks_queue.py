@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from harness.checks import (
     InvariantResult,
@@ -22,8 +23,10 @@ from harness.checks import (
     recovery_time,
     task_latencies,
 )
+from harness.checks.hung import HungSummary
 from harness.history.schema import Kind, Record
 from harness.history.store import History, read_history
+from harness.results import ScenarioResult
 from tests.strategies import Planted, clean_histories, planted_histories
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -237,10 +240,26 @@ def test_check_history_and_verdict_combine() -> None:
     results = check_history(drained(*published("a")))
     assert [x.name for x in results] == ["queue"]
     assert results[0].verdict is Verdict.INVALID
-    assert results[0].summary["lost"] == ["a"]
+    assert results[0].summary_as(QueueCheckResult).lost == ["a"]
     assert overall(results) is Verdict.INVALID
     json.dumps([x.model_dump(mode="json") for x in results])
     assert InvariantResult(name="x", verdict="unknown").verdict is Verdict.UNKNOWN
+
+
+def test_typed_summaries_round_trip_through_json() -> None:
+    """A stored result reads back as the checker's own model, verdict and problems included."""
+    h = drained(*published("a"), *published("b"), rec(Kind.SUCCEEDED, "b"))
+    stored = ScenarioResult.model_validate_json(
+        ScenarioResult(name="s", checked=True, invariants=check_history(h)).model_dump_json()
+    )
+    queue = stored.queue
+    assert queue == check_queue(h)
+    assert queue is not None and queue.valid == "invalid" and queue.counts.lost == 1
+    assert stored.invariant("queue") is stored.invariants[0] and stored.invariant("x") is None
+    assert ScenarioResult(name="unchecked").queue is None
+    assert stored.invariants[0].summary_if(HungSummary) is None  # another checker's shape
+    with pytest.raises(ValidationError):
+        stored.invariants[0].summary_as(HungSummary)
 
 
 @given(st.lists(st.sampled_from(list(Verdict))))

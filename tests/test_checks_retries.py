@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.checks.retries import Backoff, Expected, Fixed, RetryPolicy, check_retries
+from harness.checks.retries import (
+    Backoff,
+    Expected,
+    Fixed,
+    RetryPolicy,
+    RetrySummary,
+    check_retries,
+)
 from harness.checks.verdict import Verdict
 from harness.history.schema import Kind, Record
 from harness.history.store import History
@@ -78,10 +85,10 @@ def test_k_retries_then_success_is_valid_and_matches_the_expectation() -> None:
     res = check_retries(h, [FIXED], expect={"x": Expected(3, "succeeded"),
                                             "k0": Expected(0, "succeeded")})
     assert res.verdict is Verdict.VALID, res.problems
-    x = res.summary["tasks"]["x"]
-    assert x["retries"] == 3 and x["retried_records"] == 3 and x["outcome"] == "succeeded"
-    assert x["countdowns_s"] == pytest.approx([1, 1, 1], abs=0.002)
-    assert all(g >= 1 for g in x["gaps_s"])
+    x = res.summary_as(RetrySummary).tasks["x"]
+    assert x.retries == 3 and x.retried_records == 3 and x.outcome == "succeeded"
+    assert x.countdowns_s == pytest.approx([1, 1, 1], abs=0.002)
+    assert all(g is not None and g >= 1 for g in x.gaps_s)
 
 
 def test_a_retry_sooner_than_its_countdown_is_flagged() -> None:
@@ -121,7 +128,7 @@ def test_a_retry_dropped_by_a_failed_publish_is_a_lost_retry() -> None:
     records.append(rec(Kind.FAILED, 5, pid=100, exc_type="Reject"))
     res = check_retries(hist(records), [FIXED])
     assert res.verdict is Verdict.INVALID
-    assert res.summary["lost_retries"] == 1
+    assert res.summary_as(RetrySummary).lost_retries == 1
     assert res.problems == [
         "lost retry: x: retry 1 never started; its publish was never acknowledged "
         "(publish failed); the task ended failed:Reject"

@@ -13,7 +13,6 @@ from harness.checks.verdict import InvariantResult, Verdict
 from harness.report.html import write_index, write_site
 from harness.report.locust_stats import read_locust
 from harness.report.matrix import build_matrix, dump_matrix, load_runs
-from harness.report.results import RunVerdict, ScenarioResult
 from harness.report.synthetic import HOSTILE, SyntheticSpec, make_run, write_history
 from harness.report.timeline import (
     FaultWindow,
@@ -22,6 +21,7 @@ from harness.report.timeline import (
     percentile,
     read_records,
 )
+from harness.results import RunVerdict, ScenarioResult
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,8 @@ def test_page_shows_verdicts_numbers_and_failures(run: tuple[Path, RunVerdict]) 
     assert ">PASS <small>" in html  # a caught negative control is a pass for ops
     assert 'data-verdict="invalid"' in html
     early = next(s for s in verdict.scenarios if s.name == "early_ack_kill")
-    lost = early.invariants[0].summary["lost"]
+    assert early.queue is not None
+    lost = early.queue.lost
     assert lost
     for task_id in lost:  # each lost id has its full history, expandable
         assert re.search(rf'<details id="[^"]*task-{re.escape(task_id)}"', html)

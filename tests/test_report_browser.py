@@ -35,7 +35,8 @@ def test_report_renders_without_errors(browser: Chromium, tmp_path: Path) -> Non
          "early_ack_kill": SyntheticSpec(acks_late=False, seed=3)},
     )
     early = next(s for s in run.scenarios if s.name == "early_ack_kill")
-    lost = early.invariants[0].summary["lost"]
+    assert early.queue is not None
+    lost = early.queue.lost
     shot = tmp_path / "report.png"
     page = browser.open(
         (run_dir / "index.html").as_uri(),

@@ -340,7 +340,7 @@ def check_beat(
     drains = [r for r in records if r.kind is Kind.DRAIN]
     drained = bool(drains) and bool(drains[-1].detail.get("complete"))
 
-    per_entry, extra = _assign(fires, config, early_s)
+    per_entry, extra = _assign(fires, config, early_s, margin_s)
     result.extra.extend(extra)
     late_base = config.max_loop_interval_s + margin_s
     for spec in config.entries:
@@ -386,7 +386,7 @@ def _fires(records: list[Record]) -> list[_Fire]:
 
 
 def _assign(
-    fires: list[_Fire], config: BeatSchedule, early_s: float
+    fires: list[_Fire], config: BeatSchedule, early_s: float, margin_s: float
 ) -> tuple[dict[str, list[_Fire]], list[ExtraFire]]:
     """Attribute each fire to a schedule entry by task name and arguments.
 
@@ -396,7 +396,7 @@ def _assign(
     out: dict[str, list[_Fire]] = defaultdict(list)
     extra: list[ExtraFire] = []
     claimed: set[tuple[str, float]] = set()
-    window = config.max_loop_interval_s + DEFAULT_MARGIN_S + early_s
+    window = config.max_loop_interval_s + margin_s + early_s
     for fire in fires:
         rec = fire.rec
         cands = [
@@ -717,3 +717,21 @@ def beat_checker(
         )
 
     return with_spec(check, "beat", early_s=early_s, margin_s=margin_s, takeover_s=takeover_s)
+
+
+def beat_metrics(beat: BeatCheckResult) -> dict[str, Any]:
+    """The beat invariant's numbers for ``result.json`` metrics and benchmarks."""
+    keys = {"ticks", "ok", "missing", "late", "early", "dropped", "extra", "coalesced"}
+    return {
+        "entries": {
+            name: c.model_dump(include=keys)
+            for name, c in beat.entries.items()
+            if c.ticks or c.extra
+        },
+        "extra_fires": len(beat.extra),
+        "disruptions": [
+            d.model_dump(include={"beat", "kind", "first_fire_s", "first_fire_by", "coalesced"})
+            for d in beat.disruptions
+        ],
+        "faults": [f.model_dump(include={"name", "ticks", "resumed_s"}) for f in beat.faults],
+    }

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+
+from pydantic import BaseModel
 
 from harness.checks.verdict import Checker, InvariantResult, Verdict, with_spec
 from harness.history.schema import Kind, Record
@@ -34,6 +35,21 @@ END_KINDS = frozenset({Kind.SUCCEEDED, Kind.FAILED, Kind.RETRIED, Kind.REVOKED, 
 KILL_FAULTS = frozenset({"kill_worker", "kill_pool_child"})
 #: How many hung runs a problem list names one by one.
 MAX_LISTED = 10
+
+
+class HungSummary(BaseModel):
+    """The summary of :func:`check_hung`: ``InvariantResult.summary_as(HungSummary)``."""
+
+    bound_s: float
+    runs: int
+    #: Every hung task id -> how long its longest run was open, in seconds.
+    hung: dict[str, float]
+    hung_still_running: list[str]
+    #: Runs still open at the check but younger than the bound (they may yet hang).
+    open_within_bound: list[str]
+    #: How runs ended (``succeeded``, ``died``, ``superseded``, ``open``...) -> how many.
+    endings: dict[str, int]
+    longest_run_s: float
 
 
 @dataclass
@@ -129,15 +145,15 @@ def check_hung(history: History, bound_s: float, *, name: str = NAME) -> Invaria
     problems = [_describe(r, check_ns) for r in hung_runs[:MAX_LISTED]]
     if len(hung_runs) > MAX_LISTED:
         problems.append(f"... (+{len(hung_runs) - MAX_LISTED} more hung runs)")
-    summary: dict[str, Any] = {
-        "bound_s": bound_s,
-        "runs": len(runs),
-        "hung": dict(sorted(hung.items())),
-        "hung_still_running": sorted({r.task_id for r in hung_runs if r.end_ns is None}),
-        "open_within_bound": young,
-        "endings": dict(sorted(endings.items())),
-        "longest_run_s": round(max((r.open_for_ns(check_ns) for r in runs), default=0) / 1e9, 3),
-    }
+    summary = HungSummary(
+        bound_s=bound_s,
+        runs=len(runs),
+        hung=dict(sorted(hung.items())),
+        hung_still_running=sorted({r.task_id for r in hung_runs if r.end_ns is None}),
+        open_within_bound=young,
+        endings=dict(sorted(endings.items())),
+        longest_run_s=round(max((r.open_for_ns(check_ns) for r in runs), default=0) / 1e9, 3),
+    )
     if hung_runs:
         verdict = Verdict.INVALID
     elif young:
@@ -148,7 +164,9 @@ def check_hung(history: History, bound_s: float, *, name: str = NAME) -> Invaria
         )
     else:
         verdict = Verdict.VALID
-    return InvariantResult(name=name, verdict=verdict, summary=summary, problems=problems)
+    return InvariantResult(
+        name=name, verdict=verdict, summary=summary.model_dump(mode="json"), problems=problems
+    )
 
 
 def no_hung_tasks(bound_s: float, *, name: str = NAME) -> Checker:

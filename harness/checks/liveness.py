@@ -1,13 +1,13 @@
 """Liveness after network faults: workers resume consuming, publishes stay bounded.
 
 Pure functions of a history (docs/history.md), for scenarios that heal a network fault
-(``harness.faults.network``):
+(``harness.faults.vocabulary``):
 
 - :func:`check_resume_consuming` / :func:`resume_consuming`: after a heal, a live worker
   that stays idle (no task record, nothing running) for longer than ``bound_s`` while its
   broker holds ready messages is flagged (the "worker never consumes again" class of bugs:
   celery/celery#9705, #8030, #10205). Ready counts come from the ``queue_depth`` records
-  that :class:`~harness.report.sampler.QueueDepthSampler` writes straight from the broker.
+  that :class:`~harness.deployment.sampler.QueueDepthSampler` writes straight from the broker.
 - :func:`check_publish_bounded` / :func:`publish_bounded`: no publish took, or hung, longer
   than ``bound_s`` (a producer blocked on a dead socket).
 - :func:`heal_to_full_throughput`: from a heal to the moment task completions are back at
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
-from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -46,7 +45,7 @@ def _s(ns: int | None) -> float | None:
 
 
 def is_network_fault(rec: Record) -> bool:
-    """A fault record written by :class:`~harness.faults.network.NetworkFaults`."""
+    """A fault record written by a link fault of :mod:`harness.faults.vocabulary`."""
     return rec.kind is Kind.FAULT and "links" in rec.detail
 
 
@@ -122,6 +121,18 @@ class HealReport(BaseModel):
     window_s: float
     workers: list[WorkerResume] = Field(default_factory=list)
     stalls: list[Stall] = Field(default_factory=list)
+
+
+class ResumeSummary(BaseModel):
+    """The summary of :func:`check_resume_consuming`:
+    ``InvariantResult.summary_as(ResumeSummary)``."""
+
+    bound_s: float
+    heals: int
+    #: After the last heal: worker -> seconds to its first task record (None: none seen).
+    resume_s: dict[str, float | None]
+    longest_stall_s: float
+    reports: list[HealReport]
 
 
 def _worker_events(history: History) -> dict[str, list[tuple[int, str]]]:
@@ -306,14 +317,16 @@ def check_resume_consuming(history: History, bound_s: float = 10.0) -> Invariant
     if reports and not ready_series(history):
         verdict = Verdict.UNKNOWN
         problems.append("no queue_depth samples in the history: idleness cannot be judged")
-    summary: dict[str, Any] = {
-        "bound_s": bound_s,
-        "heals": len(reports),
-        "resume_s": {w.worker: w.first_activity_s for rep in reports[-1:] for w in rep.workers},
-        "longest_stall_s": max((s.duration_s for r in reports for s in r.stalls), default=0.0),
-        "reports": [r.model_dump(mode="json") for r in reports],
-    }
-    return InvariantResult(name=RESUME, verdict=verdict, summary=summary, problems=problems)
+    summary = ResumeSummary(
+        bound_s=bound_s,
+        heals=len(reports),
+        resume_s={w.worker: w.first_activity_s for rep in reports[-1:] for w in rep.workers},
+        longest_stall_s=max((s.duration_s for r in reports for s in r.stalls), default=0.0),
+        reports=reports,
+    )
+    return InvariantResult(
+        name=RESUME, verdict=verdict, summary=summary.model_dump(mode="json"), problems=problems
+    )
 
 
 def resume_consuming(bound_s: float = 10.0) -> Checker:
@@ -326,6 +339,18 @@ def resume_consuming(bound_s: float = 10.0) -> Checker:
 
 
 # -- publishes stay bounded ----------------------------------------------------------------
+
+
+class PublishSummary(BaseModel):
+    """The summary of :func:`check_publish_bounded`:
+    ``InvariantResult.summary_as(PublishSummary)``."""
+
+    bound_s: float
+    publishes: int
+    #: How publishes ended (``ok``, ``info``, ``fail``, ``open``) -> how many.
+    outcomes: dict[str, int]
+    slow: int
+    longest_s: float
 
 
 def check_publish_bounded(history: History, bound_s: float) -> InvariantResult:
@@ -362,15 +387,17 @@ def check_publish_bounded(history: History, bound_s: float) -> InvariantResult:
     by_outcome: dict[str, int] = {}
     for _, _, how in durations:
         by_outcome[how] = by_outcome.get(how, 0) + 1
-    summary = {
-        "bound_s": bound_s,
-        "publishes": len(durations),
-        "outcomes": by_outcome,
-        "slow": len(slow),
-        "longest_s": round(max((d[1] for d in durations), default=0.0), 3),
-    }
+    summary = PublishSummary(
+        bound_s=bound_s,
+        publishes=len(durations),
+        outcomes=by_outcome,
+        slow=len(slow),
+        longest_s=round(max((d[1] for d in durations), default=0.0), 3),
+    )
     verdict = Verdict.INVALID if slow else Verdict.VALID
-    return InvariantResult(name=PUBLISH, verdict=verdict, summary=summary, problems=problems)
+    return InvariantResult(
+        name=PUBLISH, verdict=verdict, summary=summary.model_dump(mode="json"), problems=problems
+    )
 
 
 def publish_bounded(bound_s: float) -> Checker:

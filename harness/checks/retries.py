@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
+
 from harness.checks.queue import drain_state
 from harness.checks.verdict import Checker, InvariantResult, Verdict, with_spec
 from harness.history.schema import Kind, Record
@@ -89,6 +91,37 @@ class Expected:
 
     retries: int
     outcome: str  # "succeeded" or "failed:<ExcType>"
+
+
+class PolicySummary(BaseModel):
+    """A declared policy, in words."""
+
+    countdown: str
+    max_retries: int | None
+
+
+class RetriedTask(BaseModel):
+    """One task id under a policy: its retries, their countdowns and spacing, its outcome."""
+
+    task_name: str | None
+    retries: int
+    retried_records: int
+    #: ``succeeded``, ``failed:<exc_type>``, or ``none`` (no final outcome).
+    outcome: str
+    countdowns_s: list[float]
+    #: Per retry: publish -> first start, in seconds (None: the retry never started).
+    gaps_s: list[float | None]
+    lost_retries: list[int]
+
+
+class RetrySummary(BaseModel):
+    """The summary of :func:`check_retries`: ``InvariantResult.summary_as(RetrySummary)``."""
+
+    policies: dict[str, PolicySummary]
+    tolerance_s: float
+    tasks: dict[str, RetriedTask]
+    lost_retries: int
+    notes: list[str]
 
 
 @dataclass
@@ -161,7 +194,7 @@ def check_retries(
     problems: list[str] = []
     pending: list[str] = []
     notes: list[str] = []
-    per_id: dict[str, dict[str, Any]] = {}
+    per_id: dict[str, RetriedTask] = {}
     for tid, t in sorted(_collect(history).items()):
         policy = by_name.get(t.name or "")
         if policy is None:
@@ -222,15 +255,15 @@ def check_retries(
                 f"{tid}: expected {want.retries} retries then {want.outcome}, "
                 f"saw {n_retries} retries then {outcome}"
             )
-        per_id[tid] = {
-            "task_name": t.name,
-            "retries": n_retries,
-            "retried_records": t.retried,
-            "outcome": outcome,
-            "countdowns_s": countdowns,
-            "gaps_s": gaps,
-            "lost_retries": lost,
-        }
+        per_id[tid] = RetriedTask(
+            task_name=t.name,
+            retries=n_retries,
+            retried_records=t.retried,
+            outcome=outcome,
+            countdowns_s=countdowns,
+            gaps_s=gaps,
+            lost_retries=lost,
+        )
     for tid in sorted(expect):
         problems.append(f"{tid}: expected by the scenario but absent from the history")
     if problems:
@@ -241,17 +274,19 @@ def check_retries(
         problems.extend(pending)
     else:
         verdict = Verdict.VALID
-    summary = {
-        "policies": {
-            p.task_name: {"countdown": p.countdown.describe(), "max_retries": p.max_retries}
+    summary = RetrySummary(
+        policies={
+            p.task_name: PolicySummary(countdown=p.countdown.describe(), max_retries=p.max_retries)
             for p in by_name.values()
         },
-        "tolerance_s": tolerance_s,
-        "tasks": per_id,
-        "lost_retries": sum(len(v["lost_retries"]) for v in per_id.values()),
-        "notes": notes,
-    }
-    return InvariantResult(name=name, verdict=verdict, summary=summary, problems=problems)
+        tolerance_s=tolerance_s,
+        tasks=per_id,
+        lost_retries=sum(len(v.lost_retries) for v in per_id.values()),
+        notes=notes,
+    )
+    return InvariantResult(
+        name=name, verdict=verdict, summary=summary.model_dump(mode="json"), problems=problems
+    )
 
 
 def retry_policy(

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from harness.checks.queue import check_queue
 from harness.history.store import History
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Verdict(str, Enum):
@@ -42,11 +44,37 @@ class InvariantResult(BaseModel):
     summary: dict[str, Any] = Field(default_factory=dict)
     problems: list[str] = Field(default_factory=list)
 
+    def summary_as(self, model: type[M]) -> M:
+        """The summary read as ``model``, the model of the checker that wrote it
+        (``QueueCheckResult``, ``BeatCheckResult``, ``HungSummary``...).
+
+        A ``valid`` or ``problems`` field the checker left out of the summary is filled from
+        this result. Raises ``pydantic.ValidationError`` when the summary is not of that shape.
+        """
+        data = dict(self.summary)
+        if "valid" in model.model_fields:
+            data.setdefault("valid", self.verdict.value)
+        if "problems" in model.model_fields:
+            data.setdefault("problems", list(self.problems))
+        return model.model_validate(data)
+
+    def summary_if(self, model: type[M]) -> M | None:
+        """:meth:`summary_as`, or None when the summary is not of that shape, for readers that
+        go through every invariant of a scenario. Only a model with required fields
+        (``HungSummary``) tells another checker's summary apart."""
+        try:
+            return self.summary_as(model)
+        except ValidationError:
+            return None
+
 
 def overall(results: Iterable[InvariantResult]) -> Verdict:
     """The combined verdict of several invariant results."""
     return Verdict.combine(r.verdict for r in results)
 
+
+#: The name of the queue invariant's result (:func:`check_history` always runs it first).
+QUEUE = "queue"
 
 #: An invariant: a pure function from a history to its result.
 Checker = Callable[[History], InvariantResult]
@@ -75,7 +103,7 @@ def check_history(
     queue = check_queue(history, exactly_once=exactly_once)
     results = [
         InvariantResult(
-            name="queue",
+            name=QUEUE,
             verdict=Verdict(queue.valid),
             summary=queue.model_dump(mode="json", exclude={"valid", "problems"}),
             problems=queue.problems,

@@ -25,12 +25,14 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from harness.checks.verdict import Verdict
+from harness.checks.beat import BeatCheckResult
+from harness.checks.hung import HungSummary
+from harness.checks.queue import QueueCheckResult, QueueCounts
+from harness.checks.verdict import QUEUE, Verdict
 from harness.report import matrix as matrix_mod
 from harness.report.charts import figure_json, plotly_asset, timeline_figure
 from harness.report.junit import write_junit
 from harness.report.locust_stats import LocustStats, scenario_loads
-from harness.report.results import RunVerdict, ScenarioResult, safe_name
 from harness.report.timeline import (
     MAX_TASK_HISTORIES,
     FaultWindow,
@@ -39,6 +41,7 @@ from harness.report.timeline import (
     read_records,
     task_histories,
 )
+from harness.results import RunVerdict, ScenarioResult, safe_name
 
 _env = Environment(
     loader=PackageLoader("harness.report", "templates"),
@@ -52,7 +55,7 @@ VERDICT_WORDS = {
     "invalid": "An invariant was violated: tasks were lost, or ran that nobody sent.",
     "unknown": "No verdict: the deployment never became quiet, so no loss can be asserted.",
 }
-#: Anomaly classes of the queue invariant, worst first: (summary key, words).
+#: Anomaly classes of the queue invariant, worst first: (QueueCheckResult field, words).
 TASK_CLASSES: tuple[tuple[str, str], ...] = (
     ("lost", "Lost: acknowledged by the broker, never completed"),
     ("pending", "Pending: not completed when the run ended (no complete drain)"),
@@ -117,35 +120,29 @@ def _rel(path: str | Path, base: Path) -> str:
         return Path(path).as_posix()
 
 
-def _counts(result: ScenarioResult) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for inv in result.invariants:
-        counts = inv.summary.get("counts")
-        out[inv.name] = dict(counts) if isinstance(counts, dict) else {}
-    return out
+def _queue_counts(result: ScenarioResult) -> QueueCounts:
+    queue = result.queue
+    return queue.counts if queue is not None else QueueCounts()
 
 
 def _headline(result: ScenarioResult) -> list[tuple[str, Any]]:
-    """The headline numbers, read by the shape of each invariant's summary."""
+    """The headline numbers of the invariants the scenario checked (hung: every hung
+    invariant's; beat: every beat invariant's)."""
     values: dict[str, Any] = {}
+    queue = result.queue
+    if queue is not None:
+        c = queue.counts
+        values.update(attempted=c.attempted, acknowledged=c.acknowledged, completed=c.completed,
+                      lost=c.lost, duplicated=c.duplicated, recovered=c.recovered)
     for inv in result.invariants:
-        summary = inv.summary
-        counts = summary.get("counts")
-        if inv.name == "queue" and isinstance(counts, dict):
-            for key in ("attempted", "acknowledged", "completed", "lost", "duplicated",
-                        "recovered"):
-                values[key] = counts.get(key)
-        if isinstance(summary.get("hung"), dict):
-            values["hung"] = values.get("hung", 0) + len(summary["hung"])
-        entries = summary.get("entries")
-        if inv.name.startswith("beat") and isinstance(entries, dict):
-            rows = [e for e in entries.values() if isinstance(e, dict)]
-            values["beat ticks expected"] = sum(int(e.get("ticks", 0)) for e in rows)
-            values["beat ticks fired"] = sum(
-                int(e.get("ok", 0)) + int(e.get("late", 0)) + int(e.get("early", 0))
-                + int(e.get("extra", 0))
-                for e in rows
-            )
+        hung = inv.summary_if(HungSummary)
+        if hung is not None:
+            values["hung"] = values.get("hung", 0) + len(hung.hung)
+        if inv.name.startswith("beat"):
+            beat = inv.summary_if(BeatCheckResult)
+            rows = list(beat.entries.values()) if beat is not None else []
+            values["beat ticks expected"] = sum(e.ticks for e in rows)
+            values["beat ticks fired"] = sum(e.ok + e.late + e.early + e.extra for e in rows)
     return [(label, values.get(label)) for label in HEADLINE]
 
 
@@ -155,16 +152,16 @@ def scenario_words(result: ScenarioResult) -> str:
         return f"The scenario could not run: {result.error}"
     if not result.checked:
         return "The scenario stopped before its check ran: no verdict."
-    q = _counts(result).get("queue", {})
+    q = _queue_counts(result)
     v = result.verdict.value
     control = " This is a negative control: the harness expects this setting to fail."
     if v == "valid":
         return (
-            f"Reliable under this fault: all {q.get('acknowledged', 0)} acknowledged tasks "
-            f"completed ({q.get('duplicated', 0)} more than once)."
+            f"Reliable under this fault: all {q.acknowledged} acknowledged tasks "
+            f"completed ({q.duplicated} more than once)."
         )
     if v == "invalid":
-        lost = q.get("lost", 0)
+        lost = q.lost
         what = f"{lost} acknowledged task(s) were lost" if lost else "an invariant was violated"
         return f"Not reliable under this fault: {what}." + (
             control if result.expect == "invalid" else ""
@@ -206,26 +203,27 @@ def run_words(run: RunVerdict) -> tuple[str, str]:
     )
 
 
-def _outcome(task_id: str, summary: dict[str, Any]) -> str:
+def _outcome(task_id: str, queue: QueueCheckResult | None) -> str:
     parts = []
-    for key, label in (
-        ("lost", "lost"),
-        ("lost_worker_lost", "WorkerLostError"),
-        ("pending", "pending"),
-        ("unexpected", "never published"),
-        ("indeterminate", "publish outcome unknown"),
-        ("publish_failed", "publish failed"),
-        ("failed", "task raised"),
-        ("revoked", "revoked"),
-        ("rejected", "rejected"),
-        ("recovered", "recovered"),
+    q = queue if queue is not None else QueueCheckResult(valid="unknown")
+    for ids, label in (
+        (q.lost, "lost"),
+        (q.lost_worker_lost, "WorkerLostError"),
+        (q.pending, "pending"),
+        (q.unexpected, "never published"),
+        (q.indeterminate, "publish outcome unknown"),
+        (q.publish_failed, "publish failed"),
+        (q.failed, "task raised"),
+        (q.revoked, "revoked"),
+        (q.rejected, "rejected"),
+        (q.recovered, "recovered"),
     ):
-        if task_id in (summary.get(key) or ()):
+        if task_id in ids:
             parts.append(label)
-    dup = (summary.get("duplicated") or {}).get(task_id)
+    dup = q.duplicated.get(task_id)
     if dup:
         parts.append(f"completed x{dup}")
-    re_ = (summary.get("reexecuted") or {}).get(task_id)
+    re_ = q.reexecuted.get(task_id)
     if re_:
         parts.append(f"started x{re_}")
     if not parts:
@@ -241,7 +239,7 @@ def build_scenario(result: ScenarioResult, run_dir: Path, index: int) -> Scenari
         words=scenario_words(result),
         headline=_headline(result),
     )
-    queue = next((i.summary for i in result.invariants if i.name == "queue"), {})
+    queue = result.queue
     hist = Path(result.history_dir) if result.history_dir else None
     sdir = hist.parent if hist is not None else None
     records: list[dict[str, Any]] = []
@@ -276,20 +274,20 @@ def build_scenario(result: ScenarioResult, run_dir: Path, index: int) -> Scenari
             chosen.setdefault(t, None)
 
     for key, label in TASK_CLASSES:
-        raw = queue.get(key) or []
-        ids = list(raw.keys()) if isinstance(raw, dict) else list(raw)
+        ids = list(getattr(queue, key)) if queue is not None else []  # a dict: its ids
         if ids:
             view.classes.append((key, label, ids[:MAX_IDS_LISTED], len(ids)))
         choose(ids)
+    hung_ids: dict[str, list[str]] = {}  # invariant -> its hung task ids
     for inv in result.invariants:
-        hung = inv.summary.get("hung")
-        if isinstance(hung, dict) and hung:
-            ids = list(hung)
+        hung = inv.summary_if(HungSummary)
+        if hung is not None and hung.hung:
+            ids = hung_ids[inv.name] = list(hung.hung)
             view.classes.insert(0, ("hung", f"Hung ({inv.name}): ran longer than the bound",
                                     ids[:MAX_IDS_LISTED], len(ids)))
             choose(ids)
     for inv in result.invariants:  # other invariants name their tasks in their problems
-        if inv.name == "queue" or inv.verdict is not Verdict.INVALID or inv.summary.get("hung"):
+        if inv.name == QUEUE or inv.verdict is not Verdict.INVALID or inv.name in hung_ids:
             continue  # the queue's and the hung tasks' classes are listed above
         ids = list(dict.fromkeys(_TASK_ID.findall(" ".join(inv.problems))))
         if ids:

@@ -12,7 +12,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from harness.report.results import RunVerdict, ScenarioResult
+from harness.results import RunVerdict, ScenarioResult
 
 #: Characters XML 1.0 cannot hold (task output may contain them).
 _BAD_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -45,9 +45,8 @@ def _case(s: ScenarioResult) -> ET.Element:
         ET.SubElement(case, "failure", message=msg, type="InvariantViolated").text = _clean(
             "\n".join([msg, *problems])
         )
-    counts = {}
-    for inv in s.invariants:
-        counts.update({k: v for k, v in (inv.summary.get("counts") or {}).items() if v})
+    queue = s.queue
+    counts = {k: v for k, v in queue.counts.model_dump().items() if v} if queue else {}
     out = [f"verdict: {verdict} (declared {s.expect})", f"faults: {', '.join(s.faults) or '-'}"]
     out.append("counts: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     ET.SubElement(case, "system-out").text = _clean("\n".join(out))

@@ -16,8 +16,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness.report.deployment import RELIABILITY_SETTINGS, settings_over_defaults
-from harness.report.results import RunVerdict, ScenarioResult, safe_name
+from harness.results import (
+    RELIABILITY_SETTINGS,
+    RunVerdict,
+    ScenarioResult,
+    safe_name,
+    settings_over_defaults,
+)
 
 #: Setting columns in reports, in order, with their labels.
 SETTING_LABELS: tuple[tuple[str, str], ...] = (

@@ -20,7 +20,7 @@ from typing import Any
 
 from harness.checks.verdict import Verdict, check_history
 from harness.history.store import read_history
-from harness.report.results import (
+from harness.results import (
     RunVerdict,
     ScenarioResult,
     exit_code_for,

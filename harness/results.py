@@ -1,9 +1,10 @@
-"""Run directories and ``verdict.json``: what a run leaves behind for people and CI.
+"""The run's results: what the runner produces and the report reads.
 
-A run directory is ``reports/<UTC timestamp>-<id>/``, created exclusively so
-no earlier run is ever overwritten. Each scenario writes under
-``scenarios/<name>/`` (``history/``, ``logs/``, ``result.json``); the run's
-``verdict.json`` and ``index.html`` summarise them.
+:class:`ScenarioResult` (one scenario's ``result.json``), :class:`RunVerdict`
+(``verdict.json``), the run's exit code, and its run directory. A run directory is
+``reports/<UTC timestamp>-<id>/``, created exclusively so no earlier run is ever
+overwritten. Each scenario writes under ``scenarios/<name>/`` (``history/``, ``logs/``,
+``result.json``); the run's ``verdict.json`` and ``index.html`` summarise them.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from harness.checks.verdict import InvariantResult, Verdict
+from harness.checks.queue import QueueCheckResult
+from harness.checks.verdict import QUEUE, InvariantResult, Verdict
 
 VERDICT_SCHEMA_VERSION = 1
 #: What a scenario declares; ``unknown`` only for runs that cannot drain (an existing deployment).
@@ -60,6 +63,17 @@ class ScenarioResult(BaseModel):
     def as_expected(self) -> bool:
         """True when the verdict is the declared one (a negative control expects invalid)."""
         return self.checked and self.verdict.value == self.expect
+
+    def invariant(self, name: str) -> InvariantResult | None:
+        """The result of the invariant called ``name``, None if it was not checked."""
+        return next((i for i in self.invariants if i.name == name), None)
+
+    @property
+    def queue(self) -> QueueCheckResult | None:
+        """The queue invariant's result (counts and the ids behind each anomaly), typed;
+        None before the check ran."""
+        inv = self.invariant(QUEUE)
+        return inv.summary_as(QueueCheckResult) if inv is not None else None
 
 
 class RunVerdict(BaseModel):
@@ -103,22 +117,40 @@ def run_verdict(results: list[ScenarioResult]) -> tuple[Verdict, bool]:
     return verdict, bool(results) and all(r.as_expected for r in results)
 
 
-def exit_code_for(
-    results: list[ScenarioResult], infra_error: bool = False, tests_failed: bool = False
+def exit_code_of(
+    outcomes: Iterable[tuple[Verdict | str, Expect]],
+    *,
+    infra_error: bool = False,
+    tests_status: int = 0,
 ) -> int:
-    """0: every scenario as declared; 1: a violation or a failed test; 2: infrastructure.
+    """The run's exit code from each checked scenario's ``(verdict, expect)``.
 
-    A checked scenario whose verdict is ``unknown`` (the deployment never became quiet) is
-    an infrastructure outcome, not a pass.
+    0: every verdict as declared; 1: a verdict not as declared, or failed tests; 2: an
+    infrastructure error, or a verdict of ``unknown`` where none was declared (the
+    deployment never became quiet: not a pass). ``tests_status`` is pytest's exit status:
+    1 means tests failed; anything but 0, 1 and 5 (an interruption, an internal or usage
+    error) makes an otherwise clean run a 2.
     """
-    if infra_error or any(r.error for r in results):
+    if infra_error:
         return 2
-    checked = [r for r in results if r.checked]
-    if any(r.verdict is Verdict.UNKNOWN and r.expect != "unknown" for r in checked):
+    pairs = [(Verdict(verdict), expect) for verdict, expect in outcomes]
+    if any(verdict is Verdict.UNKNOWN and expect != "unknown" for verdict, expect in pairs):
         return 2
-    if tests_failed or not all(r.as_expected for r in checked):
+    if tests_status == 1 or any(verdict.value != expect for verdict, expect in pairs):
         return 1
-    return 0
+    return 0 if tests_status in (0, 5) else 2
+
+
+def exit_code_for(
+    results: list[ScenarioResult], infra_error: bool = False, tests_status: int = 0
+) -> int:
+    """:func:`exit_code_of` a run's scenario results: a scenario's error is an infrastructure
+    error; scenarios that stopped before their check count only through ``tests_status``."""
+    return exit_code_of(
+        ((r.verdict, r.expect) for r in results if r.checked),
+        infra_error=infra_error or any(r.error for r in results),
+        tests_status=tests_status,
+    )
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -147,3 +179,49 @@ def load_results(run_dir: Path) -> list[ScenarioResult]:
     for path in sorted((run_dir / "scenarios").glob("*/result.json")):
         out.append(ScenarioResult.model_validate_json(path.read_text()))
     return out
+
+
+#: (label in reports, Celery setting); ``transport:`` reads ``broker_transport_options``.
+RELIABILITY_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("acks_late", "task_acks_late"),
+    ("reject_on_worker_lost", "task_reject_on_worker_lost"),
+    ("prefetch_multiplier", "worker_prefetch_multiplier"),
+    ("time_limit", "task_time_limit"),
+    ("soft_time_limit", "task_soft_time_limit"),
+    ("visibility_timeout", "transport:visibility_timeout"),
+    ("confirm_publish", "transport:confirm_publish"),
+    ("broker_heartbeat", "broker_heartbeat"),
+)
+#: kombu's Redis transport default when ``visibility_timeout`` is not set.
+REDIS_VISIBILITY_DEFAULT = 3600
+
+
+def from_conf(values: dict[str, Any], broker: str) -> dict[str, Any]:
+    """The reliability settings by report label, from Celery setting values."""
+    out: dict[str, Any] = {}
+    for label, key in RELIABILITY_SETTINGS:
+        value = values.get(key)
+        if label == "visibility_timeout":
+            if broker != "redis":
+                continue
+            value = REDIS_VISIBILITY_DEFAULT if value is None else value
+        if label == "confirm_publish" and broker == "redis":
+            continue
+        if label in ("acks_late", "reject_on_worker_lost", "confirm_publish"):
+            value = bool(value)  # None is Celery's "off"
+        out[label] = value
+    return out
+
+
+def settings_over_defaults(settings: dict[str, Any], broker: str) -> dict[str, Any]:
+    """Celery's defaults with ``settings`` applied (when the app cannot be loaded)."""
+    from celery.app.defaults import DEFAULTS
+
+    values: dict[str, Any] = {}
+    transport = dict(settings.get("broker_transport_options") or {})
+    for _, key in RELIABILITY_SETTINGS:
+        if key.startswith("transport:"):
+            values[key] = transport.get(key.split(":", 1)[1])
+        else:
+            values[key] = settings.get(key, DEFAULTS.get(key))
+    return from_conf(values, broker)
