@@ -1,7 +1,9 @@
 """The ``celery-chaos`` command.
 
-- ``celery-chaos run [PYTEST ARGS...]``: run scenarios (default ``scenarios/``), writing a
-  run directory under ``reports/``.
+- ``celery-chaos run [--schedule FILE] [PYTEST ARGS...]``: run scenarios (``./scenarios/``
+  when there is one, else the shipped catalog), writing a run directory under ``reports/``;
+  ``--schedule`` runs one fault schedule against the spec its file names.
+- ``celery-chaos replay RUN_DIR/scenarios/NAME``: run a stored scenario's ``spec.json`` again.
 - ``celery-chaos analyze RUN_DIR|HISTORY_DIR``: re-judge stored histories.
 - ``celery-chaos toxiproxy [--host H] [--port P]``: the Toxiproxy-compatible fault proxy.
 - ``celery-chaos load --users N --spawn-rate R --duration T [--fault SPEC ...]``: a load
@@ -32,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="run chaos scenarios (pytest) and write a run directory", add_help=False
     )
     run.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    replay = sub.add_parser(
+        "replay", help="run a stored scenario (RUN_DIR/scenarios/NAME) again", add_help=False
+    )
+    replay.add_argument("pytest_args", nargs=argparse.REMAINDER)
     analyze = sub.add_parser("analyze", help="re-judge the stored history of a run")
     analyze.add_argument("path", help="a run directory, a scenario directory or a history/ dir")
     analyze.add_argument(
@@ -41,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     proxy = sub.add_parser("toxiproxy", help="run the Toxiproxy-compatible fault proxy")
     proxy.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     proxy.add_argument("--port", default="8474", help="API port, 0 for any free port (8474)")
-    from harness.load.command import add_arguments as add_load_arguments
+    from harness.runner.loadtest import add_arguments as add_load_arguments
 
     add_load_arguments(
         sub.add_parser("load", help="a Locust load test with optional faults, and its report")
@@ -49,25 +55,149 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def pytest_paths(args: list[str]) -> list[str] | None:
+    """The test paths (or node ids) named in ``args``, as pytest itself reads them.
+
+    ``[]`` when pytest would fall back on the ini file's ``testpaths`` or the current
+    directory; ``None`` when pytest cannot parse ``args`` (``pytest.main`` then reports it).
+
+    Only pytest knows which options take a value: ``--chaos-workload w.yaml``, ``-k kill``,
+    ``--chaos-reports DIR``, a plugin's or a conftest's own ``--env staging``, the
+    ``--opt=value`` form, ``addopts`` and ``PYTEST_ADDOPTS``. So this builds the
+    configuration ``pytest.main(args)`` would build (plugins, ini file, initial conftests and
+    the options they add; ``_prepareconfig`` is what pytest-xdist calls for each worker),
+    without configuring or running a session, and reads ``config.args_source``: ``ARGS``
+    means the paths came from the command line; ``TESTPATHS``/``INVOCATION_DIR`` mean none
+    did. Checking whether an argument exists on disk cannot tell a path from an option's
+    value (``workload.yaml`` after ``--chaos-workload`` exists too).
+    """
+    import warnings
+
+    import pytest
+    from _pytest.config import _prepareconfig
+
+    with warnings.catch_warnings():  # the real run issues pytest's config warnings
+        warnings.simplefilter("ignore")
+        try:
+            config = _prepareconfig(list(args))
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # noqa: BLE001 - a usage error, a conftest failing or calling
+            return None  # pytest.exit(): the real run reports it
+    try:
+        if config.args_source is not pytest.Config.ArgsSource.ARGS:
+            return []
+        return list(config.args)  # [] after --help, which stops the parse
+    finally:
+        config._ensure_unconfigure()  # the assertion import hook, ini ``pythonpath``...
+
+
+#: Makes the plugin exit 2 when the session ran no chaos scenario (a green run without chaos).
+REQUIRE_SCENARIOS = "--chaos-require-scenarios"
+
+
 def cmd_run(pytest_args: list[str]) -> int:
-    """Run pytest with the plugin; default to the bundled ``scenarios/`` directory."""
+    """Run pytest with the plugin; default to the bundled ``scenarios/`` directory.
+
+    The catalog is added only when :func:`pytest_paths` finds no test path in the arguments,
+    and the session must run at least one scenario (:data:`REQUIRE_SCENARIOS`): pytest
+    collecting the user's own tests, or ``-k`` matching nothing, is exit 2, never 0.
+    """
     import pytest
 
     args = list(pytest_args)
     if args[:1] == ["--"]:
         args = args[1:]
-    # Option values (`-k kill`, `--chaos-app pkg:app`) are not paths: look for a real one.
-    if not any(Path(a.split("::")[0]).exists() for a in args if not a.startswith("-")):
-        bundled = Path(__file__).resolve().parent.parent / "scenarios"  # a checkout's
-        default = next((d for d in (Path("scenarios"), bundled) if d.is_dir()), None)
-        if default is None:
-            raise UsageError(
-                "no scenarios/ directory here: pass a path, e.g. "
-                "`celery-chaos run path/to/scenarios`"
-            )
-        args.append(str(default))
-    code = int(pytest.main(args))
+    args, schedule = _take_option(args, "--schedule")
+    spec_file: Path | None = None
+    if schedule is not None:
+        spec_file = _schedule_spec(Path(schedule))
+        args = ["--chaos-spec-file", str(spec_file), *args, str(catalog_module())]
+    elif pytest_paths(args) == []:  # None: a command line pytest rejects, as it will say
+        here = Path("scenarios")
+        args.append(str(here if here.is_dir() else catalog_module()))
+    try:
+        code = int(pytest.main([REQUIRE_SCENARIOS, *args]))  # first: `--` may end options
+    finally:
+        if spec_file is not None:
+            spec_file.unlink(missing_ok=True)
+    if code == 5:  # pytest.ExitCode.NO_TESTS_COLLECTED, the plugin not loaded to say more
+        print(
+            "celery-chaos: pytest collected no tests: pass a scenario file or directory "
+            "(default scenarios/) and check -k/-m",
+            file=sys.stderr,
+        )
     return {0: 0, 1: 1}.get(code, 2)
+
+
+def catalog_module() -> Path:
+    """The packaged catalog's pytest module (every shipped spec, or ``--chaos-spec-file``)."""
+    import harness.catalog
+
+    return Path(harness.catalog.__file__).resolve().parent / "test_catalog.py"
+
+
+def _take_option(args: list[str], name: str) -> tuple[list[str], str | None]:
+    """Remove ``name VALUE`` / ``name=VALUE`` from ``args``; return the rest and the value."""
+    out: list[str] = []
+    value: str | None = None
+    it = iter(args)
+    for arg in it:
+        if arg == name:
+            value = next(it, None)
+            if value is None:
+                raise UsageError(f"{name} needs a file: {name} FILE.json")
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+        else:
+            out.append(arg)
+    return out, value
+
+
+def _schedule_spec(path: Path) -> Path:
+    """Validate a schedule file (``{"spec": NAME | {...}, "schedule": [...]}``, or a whole
+    spec) and write the spec it names, with that schedule, to a fresh file for the run."""
+    import tempfile
+
+    from harness.runner.catalog import get
+    from harness.spec.model import parse_spec, read_data
+
+    data = read_data(path)
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: a schedule file is a JSON object with `spec` and `schedule`")
+    if "spec" in data:
+        base = data["spec"]
+        spec_data = get(base).to_json() if isinstance(base, str) else base
+        if not isinstance(spec_data, dict):
+            raise UsageError(f"{path}: `spec` is a catalog scenario name or a spec object")
+        if "schedule" in data:
+            spec_data = {**spec_data, "schedule": data["schedule"]}
+    else:
+        spec_data = data
+    spec = parse_spec(spec_data, str(path))
+    fd, name = tempfile.mkstemp(prefix="celery-chaos-spec-", suffix=".json")
+    with open(fd, "w") as fh:
+        json.dump(spec.to_json(), fh)
+    return Path(name)
+
+
+def cmd_replay(target: str, pytest_args: list[str]) -> int:
+    """Run a stored scenario again (its ``spec.json``) into a new run directory."""
+    from harness.runner.run import SPEC_FILE
+    from harness.spec.model import load_spec
+
+    path = Path(target)
+    spec_file = path / SPEC_FILE if path.is_dir() else path
+    if not spec_file.is_file():
+        raise UsageError(
+            f"no {SPEC_FILE} in {path}: give a scenario directory of a run "
+            "(RUN_DIR/scenarios/NAME) or a spec file"
+        )
+    spec = load_spec(spec_file)  # bad input: one line, exit 2, before anything starts
+    args = ["--chaos-spec-file", str(spec_file.resolve())]
+    if spec.app and "--chaos-app" not in " ".join(pytest_args):
+        args += ["--chaos-app", spec.app]
+    return cmd_run([*args, *pytest_args, str(catalog_module())])
 
 
 def _scenario_dirs(path: Path) -> list[Path]:
@@ -90,12 +220,12 @@ def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
     from harness.checks.registry import UnknownChecker, rebuild
     from harness.checks.verdict import Verdict, check_history
     from harness.history.store import read_history
-    from harness.report.results import ScenarioResult
+    from harness.results import Expect, ScenarioResult, exit_code_of
 
     path = Path(path_str)
     if not path.exists():
         raise UsageError(f"no such directory: {path}")
-    code = 0
+    outcomes: list[tuple[Verdict, Expect]] = []
     out = []
     for sdir in _scenario_dirs(path):
         hist_dir = sdir / "history" if (sdir / "history").is_dir() else sdir
@@ -103,7 +233,7 @@ def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
             history = read_history(hist_dir)
         except ValueError as exc:
             raise UsageError(f"{hist_dir}: {exc}") from None
-        expect = "valid"
+        expect: Expect = "valid"
         declared_once = exactly_once
         extra = []
         kept = []
@@ -112,13 +242,12 @@ def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
             try:
                 stored = ScenarioResult.model_validate_json(result_file.read_text())
                 extra = [rebuild(spec) for spec in stored.checkers]
+                queue = stored.queue
             except (ValidationError, UnknownChecker) as exc:
                 first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc
                 raise UsageError(f"{result_file} is not a scenario result: {first}") from None
             expect = stored.expect
-            declared_once = exactly_once or any(
-                i.summary.get("exactly_once") for i in stored.invariants
-            )
+            declared_once = exactly_once or (queue is not None and queue.exactly_once)
             kept = stored.invariants
         invariants = check_history(history, exactly_once=declared_once, extra=extra)
         # A checker stored without a spec (a custom function): its recorded result stands.
@@ -130,8 +259,7 @@ def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
         ]
         verdict = Verdict.combine(i.verdict for i in invariants)
         as_declared = verdict.value == expect
-        if not as_declared:
-            code = max(code, 2 if verdict is Verdict.UNKNOWN else 1)
+        outcomes.append((verdict, expect))
         out.append(
             {
                 "scenario": sdir.name,
@@ -150,12 +278,12 @@ def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
             for inv in item["invariants"]:
                 for problem in inv["problems"]:
                     print(f"      {inv['name']}: {problem}")
-    return code
+    return exit_code_of(outcomes)
 
 
 def cmd_load(args: argparse.Namespace, argv: list[str]) -> int:
-    """``celery-chaos load``: see :mod:`harness.load.command`."""
-    from harness.load.command import main as load_main
+    """``celery-chaos load``: see :mod:`harness.runner.loadtest`."""
+    from harness.runner.loadtest import main as load_main
 
     args.argv = argv
     return load_main(args)
@@ -165,8 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``celery-chaos`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    if argv[:1] == ["run"]:  # everything after `run` belongs to pytest, --help included
+    if argv[:1] in (["run"], ["replay"]):  # the rest belongs to pytest, --help included
         try:
+            if argv[0] == "replay":
+                if len(argv) < 2 or argv[1].startswith("-"):
+                    raise UsageError("replay needs a scenario directory: "
+                                     "celery-chaos replay RUN_DIR/scenarios/NAME")
+                return cmd_replay(argv[1], argv[2:])
             return cmd_run(argv[1:])
         except ChaosError as exc:
             print(f"celery-chaos: {exc}", file=sys.stderr)

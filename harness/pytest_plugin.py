@@ -1,7 +1,7 @@
 """The celery-chaos pytest plugin (entry point ``pytest11``).
 
 Adds ``--chaos-app``, ``--chaos-workload`` and ``--chaos-reports``, the
-``chaos`` fixture (one :class:`~harness.scenario.Scenario` per test), and
+``chaos`` fixture (one :class:`~harness.runner.scenario.Scenario` per test), and
 writes the run directory (``verdict.json``, ``index.html``) at the end of a
 session that ran at least one scenario. Exit status: 0 when every scenario
 ended as declared, 1 on an unexpected verdict, 2 on an infrastructure error.
@@ -16,17 +16,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.errors import ChaosError, InfrastructureError
-from harness.report.results import ScenarioResult
+from harness.results import ScenarioResult
+from harness.runner.app import SAMPLE_APP, SAMPLE_WORKLOAD
 
-DEFAULT_APP = "sample_app.app:app"
-DEFAULT_WORKLOAD = Path(__file__).resolve().parent.parent / "sample_app" / "workload.yaml"
+DEFAULT_APP = SAMPLE_APP
+DEFAULT_WORKLOAD = SAMPLE_WORKLOAD
 #: Where an xdist controller tells its workers the run directory (``workerinput``).
 RUN_DIR_KEY = "chaos_run_dir"
 #: The run directory's folder of worker results under xdist (removed once joined).
@@ -43,6 +46,7 @@ class ChaosSession:
         self.app = None
         self.results: list[ScenarioResult] = []
         self.infra_error = False
+        self.no_scenario: str | None = None  # why --chaos-require-scenarios failed the run
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     @property
@@ -58,7 +62,7 @@ class ChaosSession:
     def ensure_run_dir(self) -> Path:
         """Create the run directory on first use (unit-test-only sessions create none)."""
         if self.run_dir is None:
-            from harness.report.results import new_run_dir
+            from harness.results import new_run_dir
 
             shared = self.workerinput.get(RUN_DIR_KEY)
             if shared:  # an xdist worker: the controller's run directory
@@ -86,9 +90,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="workload YAML: a list of {name, args, kwargs, queue, weight}",
     )
     group.addoption(
+        "--chaos-spec-file",
+        default=None,
+        help="run this one scenario spec (a run's spec.json, a schedule file) instead of "
+        "the catalog (celery-chaos replay / run --schedule)",
+    )
+    group.addoption(
         "--chaos-reports",
         default=None,
         help="where run directories go (default: ./reports or $CHAOS_REPORTS_DIR)",
+    )
+    group.addoption(
+        "--chaos-require-scenarios",
+        action="store_true",
+        default=False,
+        help="exit 2 when no chaos scenario (a test using the `chaos` fixture) ran; "
+        "set by `celery-chaos run`",
     )
 
 
@@ -106,8 +123,9 @@ def _session(config: pytest.Config) -> ChaosSession:
 @pytest.fixture(scope="session")
 def chaos_session(request: pytest.FixtureRequest) -> Iterator[ChaosSession]:
     """The session's run directory, brokers and app under test."""
+    from harness.backends.local import SharedBrokers
     from harness.load.workload import load_workload
-    from harness.scenario import AppUnderTest, SharedBrokers
+    from harness.runner.app import AppUnderTest
 
     sess = _session(request.config)
     run_dir = sess.ensure_run_dir()
@@ -135,7 +153,7 @@ def chaos_session(request: pytest.FixtureRequest) -> Iterator[ChaosSession]:
 @pytest.fixture
 def chaos(request: pytest.FixtureRequest, chaos_session: ChaosSession) -> Iterator[object]:
     """One scenario: deploy, load, inject faults, then ``check()`` for the verdict."""
-    from harness.scenario import Scenario
+    from harness.runner.scenario import Scenario
 
     doc = (request.function.__doc__ or "").strip().splitlines()
     assert chaos_session.run_dir is not None and chaos_session.app is not None
@@ -153,15 +171,63 @@ def chaos(request: pytest.FixtureRequest, chaos_session: ChaosSession) -> Iterat
         error = str(exc)
         raise
     finally:
-        rep = getattr(request.node, "_chaos_call_report", None)
-        if error is None and rep is not None and rep.failed and rep.longrepr is not None:
-            excinfo = getattr(rep, "_chaos_exc", None)
-            if isinstance(excinfo, InfrastructureError):
-                error = str(excinfo)
-        scenario.close(error=error)
-        if error:
-            chaos_session.infra_error = True
-        chaos_session.results.append(scenario.result)
+        _finish(request, chaos_session, scenario, error)
+
+
+def _finish(
+    request: pytest.FixtureRequest, sess: ChaosSession, scenario: Any, error: str | None
+) -> None:
+    """Tear a scenario down and keep its result (with the infrastructure error, if any)."""
+    rep = getattr(request.node, "_chaos_call_report", None)
+    if error is None and rep is not None and rep.failed and rep.longrepr is not None:
+        excinfo = getattr(rep, "_chaos_exc", None)
+        if isinstance(excinfo, InfrastructureError):
+            error = str(excinfo)
+    scenario.close(error=error)
+    if error:
+        sess.infra_error = True
+    sess.results.append(scenario.result)
+
+
+@pytest.fixture
+def chaos_run(
+    request: pytest.FixtureRequest, chaos_session: ChaosSession
+) -> Iterator[Callable[[Any], Any]]:
+    """Run one catalog spec: ``run = chaos_run(spec)`` deploys, loads, runs the schedule and
+    checks (:func:`harness.runner.run.run_spec`); the scenario is torn down after the test.
+    A spec that does not apply to the app under test is skipped with the reason."""
+    from harness.runner.run import NotApplicable, check_applicable, run_spec
+    from harness.runner.scenario import Scenario
+
+    assert chaos_session.run_dir is not None and chaos_session.app is not None
+    made: list[Any] = []
+
+    def run(spec: Any) -> Any:
+        scenario = Scenario(
+            spec.name,
+            chaos_session.run_dir,  # type: ignore[arg-type]
+            chaos_session.app,  # type: ignore[arg-type]
+            chaos_session.brokers,  # type: ignore[arg-type]
+            description=spec.description,
+        )
+        try:
+            check_applicable(spec, scenario)
+        except NotApplicable as exc:
+            scenario.result.error = None
+            scenario.close()
+            pytest.skip(str(exc))
+        made.append(scenario)
+        return run_spec(spec, scenario)
+
+    error: str | None = None
+    try:
+        yield run
+    except InfrastructureError as exc:
+        error = str(exc)
+        raise
+    finally:
+        for scenario in made:
+            _finish(request, chaos_session, scenario, error)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -196,12 +262,50 @@ def _join_workers(sess: ChaosSession) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _require_scenarios(session: pytest.Session, sess: ChaosSession, status: int) -> None:
+    """``--chaos-require-scenarios``: a session that ran no scenario exits 2, never 0.
+
+    Called on the controller once the xdist workers' results are joined. Sessions that
+    stopped on their own error (interrupted, usage, infrastructure) keep it; sessions that
+    only list (``--collect-only``, ``--setup-plan``, ``--fixtures``) are not meant to run any.
+    """
+    opt = session.config.option
+    if (
+        not session.config.getoption("chaos_require_scenarios")
+        or sess.results
+        or sess.infra_error
+        or status not in (0, 1, 5)
+        or any(
+            getattr(opt, name, False)
+            for name in ("collectonly", "setupplan", "showfixtures", "show_fixtures_per_test")
+        )
+    ):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    stats = getattr(reporter, "stats", {})
+    collected = session.testscollected + len(stats.get("deselected", []))
+    # An xdist controller counts what its workers kept after -k/-m, not what they deselected.
+    what = "selected" if session.config.pluginmanager.has_plugin("dsession") else "collected"
+    counts = [f"{collected} test{'' if collected == 1 else 's'} {what}"]
+    counts += [f"{len(stats[k])} {k}" for k in ("deselected", "skipped") if stats.get(k)]
+    sess.no_scenario = (
+        f"celery-chaos: no chaos scenario ran ({', '.join(counts)}): a scenario is a test "
+        "using the `chaos` fixture; pass scenario files or directories (default scenarios/) "
+        "and check that -k/-m select some"
+    )
+    session.exitstatus = 2
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     sess = _session(session.config)
+    if sess.worker_id is None:  # the controller (or no xdist): join, then require scenarios
+        if sess.run_dir is not None and (sess.run_dir / XDIST_DIR).is_dir():
+            _join_workers(sess)
+        _require_scenarios(session, sess, int(exitstatus))
     if sess.run_dir is None:
         return
     if sess.worker_id is not None:  # xdist worker: the controller writes the verdict
-        from harness.report.results import write_json
+        from harness.results import write_json
 
         folder = sess.run_dir / XDIST_DIR
         folder.mkdir(exist_ok=True)
@@ -213,19 +317,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             },
         )
         return
-    if (sess.run_dir / XDIST_DIR).is_dir():
-        _join_workers(sess)
     if not sess.results and not sess.infra_error and not any(sess.run_dir.iterdir()):
         sess.run_dir.rmdir()  # xdist made it, but no scenario ran
         return
     from harness.report.html import write_index
-    from harness.report.results import RunVerdict, exit_code_for, run_verdict, versions, write_json
+    from harness.results import RunVerdict, exit_code_for, run_verdict, versions, write_json
 
     verdict, as_expected = run_verdict(sess.results)
-    status = int(exitstatus)
-    code = exit_code_for(sess.results, sess.infra_error, tests_failed=status == 1)
-    if code == 0 and status not in (0, 1, 5):
-        code = 2  # interrupted, internal or usage error
+    status = int(session.exitstatus)  # 2 when _require_scenarios failed the run
+    code = exit_code_for(sess.results, sess.infra_error, tests_status=status)
     run = RunVerdict(
         run_id=sess.run_dir.name,
         started=sess.started,
@@ -243,3 +343,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     elif code == 1 and status == 0:
         session.exitstatus = 1  # a verdict not as declared, even with no failed assertion
     print(f"\ncelery-chaos: run directory {sess.run_dir} (verdict: {verdict.value})")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Say why ``--chaos-require-scenarios`` failed the run, as the output's last line."""
+    sess: ChaosSession | None = getattr(config, "_chaos", None)
+    if sess is not None and sess.no_scenario:
+        print(sess.no_scenario, file=sys.stderr)

@@ -1,10 +1,11 @@
 """Latency on every broker link (200 ms ± 50 ms): slower, but nothing is lost.
 
-One RabbitMQ deployment runs a baseline load with no toxic, then the same load with a
-``latency`` toxic on every ``*-broker`` link (workers' and publisher's, both directions).
-The result carries throughput and end-to-end latency (publish ``invoke`` to completion)
-for both phases, and publish latency (confirms wait a round trip). Measured figures are in
-docs/network.md.
+The spec is in ``harness/catalog/latency.yaml``: one RabbitMQ deployment runs a baseline
+load with no toxic, then the same load with a ``latency`` toxic on every ``*-broker`` link
+(workers' and publisher's, both directions). This file adds throughput and end-to-end
+latency (publish ``invoke`` to completion) for both phases to the result, and publish
+latency (confirms wait a round trip), then asserts the toxic really was on the path.
+Measured figures are in docs/network.md.
 """
 
 from __future__ import annotations
@@ -14,17 +15,14 @@ from typing import Any
 import pytest
 
 from harness.checks.liveness import end_to_end_latencies, percentiles
-from harness.checks.queue import is_completion
-from harness.deployment.processes import wait_for
+from harness.faults.vocabulary import Latency, Load
 from harness.history.schema import Kind, Record
-from harness.history.store import History, read_history
-from harness.scenario import Scenario
+from harness.history.store import History
+from harness.runner.catalog import specs
+from harness.runner.run import ScenarioRun
+from harness.spec.model import ScenarioSpec
 
-LATENCY_MS, JITTER_MS = 200, 50
-RATE, BASELINE_TASKS, TOXIC_TASKS = 10.0, 30, 60
-SETTINGS = {"task_acks_late": True, "broker_transport_options": {"confirm_publish": True}}
-#: Confirms wait a round trip (~400 ms): enough users to keep the rate.
-USERS = 8
+SPECS = specs("latency")
 
 
 def _phase(records: list[Record], since: int, until: int) -> dict[str, Any]:
@@ -47,43 +45,39 @@ def _phase(records: list[Record], since: int, until: int) -> dict[str, Any]:
     }
 
 
-def _all_completed(chaos: Scenario) -> bool:
-    records = chaos.history()
-    acked = {r.task_id for r in records if r.kind is Kind.OK}
-    return acked <= {r.task_id for r in records if is_completion(r)}
-
-
 @pytest.mark.chaos
-def test_rabbitmq_latency_on_broker_links(chaos: Scenario) -> None:
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_latency(chaos_run, spec: ScenarioSpec) -> None:  # type: ignore[no-untyped-def]
     """200 ± 50 ms on every broker link: valid, nothing lost; figures in the result."""
-    chaos.deploy("rabbitmq", proxied=True, settings=SETTINGS)
-    chaos.load(tasks=BASELINE_TASKS, rate=RATE, users=USERS).wait()
-    assert chaos.net is not None
-    chaos.net.latency("*-broker", LATENCY_MS, JITTER_MS)
-    chaos.load(tasks=TOXIC_TASKS, rate=RATE, users=USERS, seed=1).wait()
-    wait_for(lambda: _all_completed(chaos), 30)  # every task ran under the toxic
-    chaos.net.heal()
-    result = chaos.check()
-    records = read_history(chaos.history_dir).records
-    start, end = (r.mono_ns for r in records if r.kind is Kind.FAULT)
-    base = _phase(records, records[0].mono_ns, start)
-    slow = _phase(records, start, end)
-    chaos.result.metrics["latency"] = {
-        "toxic": {"latency_ms": LATENCY_MS, "jitter_ms": JITTER_MS, "links": "*-broker"},
-        "baseline": base,
-        "under_toxic": slow,
-    }
-    chaos.save()
-    queue = result.invariants[0].summary
-    assert result.verdict == "valid", result.invariants[0].problems
-    assert queue["counts"]["lost"] == 0
-    assert queue["counts"]["acknowledged"] == BASELINE_TASKS + TOXIC_TASKS
-    assert slow["completed"] == TOXIC_TASKS
+    run: ScenarioRun = chaos_run(spec)
+    steps = {s.id: s.do for s in spec.schedule.steps}
+    toxic, baseline_load, slow_load = steps["toxic"], steps["baseline"], steps["slow_load"]
+    assert isinstance(toxic, Latency)
+    assert isinstance(baseline_load, Load) and isinstance(slow_load, Load)
+    latency_ms, jitter_ms = toxic.ms, toxic.jitter
+    records = run.history()
+    win = run.window("toxic")
+    assert win.start_ns is not None and win.end_ns is not None, win
+    base = _phase(records, records[0].mono_ns, win.start_ns)
+    slow = _phase(records, win.start_ns, win.end_ns)
+    run.add_metrics(
+        latency={
+            "toxic": {"latency_ms": latency_ms, "jitter_ms": jitter_ms, "links": toxic.target()},
+            "baseline": base,
+            "under_toxic": slow,
+        }
+    )
+    queue = run.result.queue
+    assert queue is not None
+    assert run.result.verdict == "valid", run.invariant("queue").problems
+    assert queue.counts.lost == 0
+    assert queue.counts.acknowledged == (baseline_load.tasks or 0) + (slow_load.tasks or 0)
+    assert slow["completed"] == slow_load.tasks
     # The toxic really was on the path: publisher -> broker -> worker is two one-way trips,
-    # and a confirm waits a round trip, each one-way at least LATENCY_MS - JITTER_MS. Bounds,
-    # not a difference from the baseline: on a loaded machine the baseline's own p50 (queueing
+    # and a confirm waits a round trip, each one-way at least latency - jitter. Bounds, not
+    # a difference from the baseline: on a loaded machine the baseline's own p50 (queueing
     # behind running tasks) reached 163 ms, against ~30 ms on a quiet one.
-    floor = 2 * (LATENCY_MS - JITTER_MS)
+    floor = 2 * (latency_ms - jitter_ms)
     assert slow["end_to_end_ms"]["p50"] >= floor, (base, slow)
     assert slow["publish_ms"]["p50"] >= floor, (base, slow)
-    assert base["publish_ms"]["p50"] < LATENCY_MS - JITTER_MS, (base, slow)
+    assert base["publish_ms"]["p50"] < latency_ms - jitter_ms, (base, slow)

@@ -76,3 +76,23 @@ def test_an_app_that_fails_on_import_is_a_usage_error(
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(UsageError, match="app factory .* failed: RuntimeError: no config"):
         load_app("factory_mod:make")
+
+
+def test_an_app_in_the_current_directory_is_found_without_pythonpath(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A console script puts its bin/ on sys.path, not the current directory: load_app does."""
+    import sys
+
+    (tmp_path / "cwd_shop_tasks.py").write_text(
+        "from celery import Celery\n\napp = Celery('shop')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "cwd_shop_tasks", raising=False)
+    assert load_app("cwd_shop_tasks:app").main == "shop"
+    assert sys.path[0] == str(tmp_path)
+    load_app("cwd_shop_tasks:app")  # once only
+    assert sys.path.count(str(tmp_path)) == 1
+    sys.modules.pop("cwd_shop_tasks", None)

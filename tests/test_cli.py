@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.checks.queue import QueueCheckResult
+from harness.checks.verdict import InvariantResult
 from harness.cli import main
 from harness.history.schema import Kind
 from harness.history.store import HistoryWriter
-from harness.report.results import new_run_dir
+from harness.results import new_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +50,8 @@ def test_analyze_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["analyze", "--json", str(tmp_path / "bad")]) == 1
     data = json.loads(capsys.readouterr().out)
     assert data[0]["verdict"] == "invalid"
-    assert data[0]["invariants"][0]["summary"]["lost"] == ["t0"]
+    queue = InvariantResult.model_validate(data[0]["invariants"][0])
+    assert queue.summary_as(QueueCheckResult).lost == ["t0"]
 
 
 @pytest.mark.parametrize(
@@ -112,7 +115,7 @@ def _scenario(run: Path, bound_s: float) -> Path:
     it to flag the one publish that took 10 s."""
     from harness.checks.liveness import publish_bounded
     from harness.checks.verdict import spec_of
-    from harness.report.results import ScenarioResult
+    from harness.results import ScenarioResult
 
     sdir = run / "scenarios" / "slow_publish"
     hist = _history(sdir, lose=False)
@@ -180,4 +183,135 @@ def test_run_adds_the_scenarios_only_when_no_path_is_given(
     monkeypatch.setattr("pytest.main", lambda args: seen.append(args) or 0)
     monkeypatch.chdir(ROOT)
     assert main(["run", *argv]) == 0
-    assert seen[0] == argv + (["scenarios"] if adds_default else []), seen
+    assert seen[0] == ["--chaos-require-scenarios", *argv] + (
+        ["scenarios"] if adds_default else []
+    ), seen
+
+
+@pytest.mark.parametrize(
+    ("argv", "paths"),
+    [
+        (["--chaos-workload", "w.yaml", "-k", "kill"], []),
+        (["--chaos-workload=w.yaml", "--chaos-reports", "out", "-p", "no:cacheprovider"], []),
+        (["-n", "2", "--dist", "loadfile", "-m", "chaos", "-o", "timeout=5"], []),
+        (["scenarios/test_x.py", "--chaos-app", "a:b"], ["scenarios/test_x.py"]),
+        (["-k", "kill", "--", "w.yaml"], ["w.yaml"]),
+        (["--no-such-option"], None),
+    ],
+)
+def test_pytest_paths_never_takes_an_option_value_for_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], paths: list[str] | None
+) -> None:
+    """Option values that exist on disk (w.yaml, out/) are still option values."""
+    from harness.cli import pytest_paths
+
+    (tmp_path / "w.yaml").write_text("[]\n")
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert pytest_paths(argv) == paths
+
+
+def _user_project(path: Path) -> Path:
+    """A user's project: a workload file and a passing test of its own, which leaves a marker
+    file when pytest imports it."""
+    path.mkdir(exist_ok=True)
+    (path / "workload.yaml").write_text("- name: sample.add\n  args: [1, 2]\n")
+    (path / "test_mine.py").write_text(
+        "from pathlib import Path\n"
+        "Path(__file__).with_name('test_mine.imported').touch()\n\n"
+        "def test_mine():\n    assert True\n"
+    )
+    return path
+
+
+def _celery_chaos(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``celery-chaos ARGV`` as a user runs it: the console script, no PYTHONPATH."""
+    script = Path(sys.executable).with_name("celery-chaos")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "harness.cli"]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CHAOS_REPORTS_DIR")}
+    return subprocess.run(
+        [*cmd, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_run_with_a_workload_file_runs_the_catalog_not_the_users_tests(tmp_path: Path) -> None:
+    """``workload.yaml`` after ``--chaos-workload`` exists, yet it is no test path: the
+    catalog is collected (and deselected by ``-k``, so no scenario runs here), the user's
+    test_mine.py is not, and a run that ran no scenario is exit 2, never 0."""
+    project = _user_project(tmp_path / "project")
+    reports = tmp_path / "reports"
+    proc = _celery_chaos(
+        project,
+        "run",
+        "--chaos-workload",
+        "workload.yaml",
+        "-k",
+        "nothing_matches_this",
+        "--chaos-reports",
+        str(reports),
+        "-p",
+        "no:cacheprovider",
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert not (project / "test_mine.imported").exists(), out
+    assert "test_mine" not in out
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("celery-chaos: no chaos scenario ran ("), out
+    assert "deselected" in last and "Traceback" not in out
+    assert not reports.exists() or not any(reports.iterdir())
+
+
+def test_run_of_non_chaos_tests_is_exit_2_but_plain_pytest_is_not(tmp_path: Path) -> None:
+    """The user's own passing tests through ``celery-chaos run``: no scenario ran, exit 2.
+    Plain pytest on the same file (library tests) is unaffected: exit 0."""
+    project = _user_project(tmp_path)
+    proc = _celery_chaos(project, "run", "test_mine.py", "-p", "no:cacheprovider")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("celery-chaos: no chaos scenario ran (1 test collected)"), last
+    plain = subprocess.run(
+        [sys.executable, "-m", "pytest", "test_mine.py", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"spec": "rabbitmq_acks_late_survives_kill-main",
+          "schedule": [{"do": {"op": "melt_cpu"}}]}, "unknown op 'melt_cpu'"),
+        ({"spec": "rabbitmq_acks_late_survives_kill-main",
+          "schedule": [{"do": {"op": "latency", "ms": "slow"}}]}, "ms: Input should be"),
+        ({"spec": "rabbitmq_acks_late_survives_kill-main",
+          "schedule": [{"do": {"op": "kill_worker", "worker": "w5"}}]},
+         "names worker 'w5@chaos', which the deployment does not have"),
+        ({"spec": "no_such_scenario", "schedule": []}, "no catalog scenario 'no_such_scenario'"),
+        ([1, 2], "a schedule file is a JSON object"),
+    ],
+)
+def test_bad_schedules_are_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: object, message: str
+) -> None:
+    path = tmp_path / "schedule.json"
+    path.write_text(json.dumps(content))
+    reports = tmp_path / "reports"
+    code = main(["run", "--schedule", str(path), "--chaos-reports", str(reports)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not reports.exists(), "nothing started, no run directory"
+
+
+def test_replay_needs_a_stored_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(tmp_path)]) == 2
+    assert "no spec.json in" in capsys.readouterr().err
+    (tmp_path / "spec.json").write_text(json.dumps({"name": "x", "expect": "maybe"}))
+    assert main(["replay", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "expect: Input should be 'valid' or 'invalid'" in err and "\n" not in err, err
+    assert main(["replay"]) == 2

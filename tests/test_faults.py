@@ -14,9 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness.backends.local import SharedBrokers
 from harness.history.schema import Kind
 from harness.load.workload import load_workload
-from harness.scenario import AppUnderTest, Scenario, SharedBrokers
+from harness.runner.app import AppUnderTest
+from harness.runner.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 

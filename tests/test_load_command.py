@@ -1,19 +1,46 @@
-"""``celery-chaos load``: option parsing, a local run with a fault and Locust's ``--processes``
-(one history, one report), and a publish-only run against an existing deployment."""
+"""``celery-chaos load``: ``--fault`` parsed into steps of the fault vocabulary, the options
+as a scenario spec, a schedule whose pause never delays the next fault (a fake deployment),
+a local run with a fault and Locust's ``--processes`` (one history, one report), and a
+publish-only run against an existing deployment."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.deployment.brokers import RedisServer
 from harness.errors import UsageError
-from harness.load.command import parse_duration, parse_fault
+from harness.faults.schedule import ScheduleRun, Trigger
+from harness.faults.vocabulary import (
+    CrashBroker,
+    KillPoolChild,
+    KillWorker,
+    PausePoolChild,
+    PauseWorker,
+    StartWorker,
+    StopBroker,
+    StopConsuming,
+)
+from harness.history.store import HistoryWriter
+from harness.results import RunVerdict, ScenarioResult
+from harness.runner.loadtest import (
+    add_arguments,
+    parse_duration,
+    parse_fault,
+    run_schedule,
+    scenario_spec,
+    validate,
+)
+from harness.spec.model import ScenarioSpec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,18 +52,127 @@ def _cli(*argv: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_fault_and_duration_specs() -> None:
-    f = parse_fault("kill-worker:w1@10s", workers=2)
-    assert (f.kind, f.target, f.at, f.duration) == ("kill-worker", "w1@chaos", 10.0, 0.0)
-    f = parse_fault("pause-worker:w2@1m5s+2.5s", workers=2)
-    assert (f.target, f.at, f.duration) == ("w2@chaos", 65.0, 2.5)
-    f = parse_fault("crash-broker@5s+2s")
-    assert (f.kind, f.target, f.duration) == ("crash-broker", None, 2.0)
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_each_fault_name_parses_into_a_step_of_the_vocabulary() -> None:
+    step = parse_fault("kill-worker:w1@10s")
+    assert step.when == Trigger(at=10) and step.do == KillWorker(worker="w1")
+    assert step.duration is None
+    step = parse_fault("pause-worker:w2@1m5s+2.5s")
+    assert isinstance(step.do, PauseWorker) and step.do.worker == "w2@chaos"
+    assert (step.when.at, step.duration) == (65.0, 2.5)
+    assert parse_fault("kill-child:w1@3s").do == KillPoolChild(worker="w1@chaos")
+    assert parse_fault("restart-worker:w1@4s").do == StartWorker(worker="w1")
+    step = parse_fault("crash-broker@10s+2s")
+    assert step.do == CrashBroker() and (step.when.at, step.duration) == (10.0, 2.0)
+    assert parse_fault("crash-broker@10s").duration is None  # restarted at once
+    # The op names of the vocabulary (and their hyphenated spelling) work too.
+    assert parse_fault("kill_worker:w1@10s") == parse_fault("kill-worker:w1@10s")
+    assert parse_fault("kill_pool_child:w1@3s").do == KillPoolChild(worker="w1")
+    assert parse_fault("pause_worker:w2@5s+3s").duration == 3.0
+    assert parse_fault("stop-broker@1s+2s").do == StopBroker()
+    assert parse_fault("stop_consuming@2s").do == StopConsuming()
+    assert parse_fault("stop_consuming:w2@2s").do == StopConsuming(nodes=["w2"])
+    assert parse_fault("pause_pool_child:w1@1s").do == PausePoolChild(worker="w1")
     assert parse_duration("500ms") == 0.5 and parse_duration("90") == 90.0
-    for bad in ("kill-worker@3s", "kill-worker:w3@3s", "explode:w1@3s", "kill-worker:w1",
-                "pause-worker:w1@3s", "crash-broker:w1@3s"):
-        with pytest.raises(UsageError):
-            parse_fault(bad, workers=2)
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ("kill-worker@3s", "needs a worker: kill-worker:w1@3s"),
+        ("explode:w1@3s", "use one of kill-worker, kill-child"),
+        ("partition@5s+3s", "kill_worker, kill_pool_child"),  # needs proxies: not here
+        ("kill-worker:w1", "use NAME[:TARGET]@AT[+DURATION]"),
+        ("pause-worker:w1@3s", "needs +DURATION"),
+        ("pause_worker:w1@3s+0s", "needs +DURATION"),
+        ("crash-broker:w1@3s", "takes no target"),
+        ("kill-worker:w1@3s+2s", "instantaneous"),
+        ("kill-worker:w1@3x", "bad fault time"),
+    ],
+)
+def test_bad_fault_is_one_line(bad: str, says: str) -> None:
+    with pytest.raises(UsageError) as err:
+        parse_fault(bad)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_options_become_a_scenario_spec() -> None:
+    args = _args("--broker", "redis", "--workers", "3", "--concurrency", "4", "--users", "2",
+                 "--rate", "8", "--duration", "20s", "--seed", "7", "--drain-timeout", "30s",
+                 "--setting", "task_acks_late=true", "--env", "SAMPLE_X=1",
+                 "--fault", "kill-worker:w3@10s", "--fault", "pause-worker:w1@2s+3s")
+    opts = validate(args)
+    spec = scenario_spec(args, opts, "d")
+    dep = spec.deployment
+    assert (dep.broker, dep.workers, dep.concurrency, dep.pool) == ("redis", 3, 4, "prefork")
+    assert dep.settings == {"task_acks_late": True} and dep.env == {"SAMPLE_X": "1"}
+    assert spec.load is not None
+    assert (spec.load.users, spec.load.rate, spec.load.duration, spec.load.seed) == (2, 8, 20, 7)
+    assert spec.checks.drain_timeout == 30.0
+    # In time order, each with its --fault text for the printed lines.
+    assert [s.do.op for s in spec.schedule.steps] == ["pause_worker", "kill_worker"]
+    assert opts.fault_texts == {"fault1": "pause-worker:w1@2s+3s", "fault2": "kill-worker:w3@10s"}
+    again = ScenarioSpec.model_validate(spec.to_json())  # what spec.json replays
+    assert again.schedule.dump() == spec.schedule.dump()
+
+
+def test_a_worker_the_deployment_lacks_is_refused_by_the_spec() -> None:
+    args = _args("--workers", "2", "--fault", "kill-worker:w3@1s")
+    with pytest.raises(UsageError, match="names worker 'w3@chaos'.*w1@chaos, w2@chaos"):
+        scenario_spec(args, validate(args))
+    # start_worker adds a new worker, which a later fault may then name.
+    args = _args("--workers", "2", "--fault", "restart-worker:w3@1s",
+                 "--fault", "kill-worker:w3@2s")
+    assert len(scenario_spec(args, validate(args)).schedule.steps) == 2
+
+
+class FakeDeployment:
+    """The few Deployment methods worker faults call: signals are recorded with their time."""
+
+    broker_kind = "redis"
+
+    def __init__(self, history: Path) -> None:
+        self.writer = HistoryWriter(history, "harness", "harness")
+        self.signals: list[tuple[float, str, str]] = []
+        self.t0 = time.monotonic()
+
+    def worker_pid(self, name: str) -> int:
+        return 4242
+
+    def signal_worker(self, name: str, sig: int, *, wait_exit: float | None = None) -> None:
+        self.signals.append((time.monotonic() - self.t0, name, signal.Signals(sig).name))
+
+    def running_on(self, name: str, until_ns: int | None = None) -> dict[str, Any]:
+        return {}
+
+
+def test_a_pause_never_delays_the_next_fault(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    args = _args("--duration", "10s", "--fault", "pause-worker:w2@1s+3s",
+                 "--fault", "kill-worker:w1@2s")
+    opts = validate(args)
+    spec = scenario_spec(args, opts)
+    dep = FakeDeployment(tmp_path)
+    windows = run_schedule(ScheduleRun(spec.schedule, dep), opts.fault_texts)  # type: ignore[arg-type]
+    at = {(name, sig): t for t, name, sig in dep.signals}
+    assert 1.0 <= at["w2@chaos", "SIGSTOP"] < 1.5
+    assert 2.0 <= at["w1@chaos", "SIGKILL"] < 2.5  # while w2 is still paused
+    assert 4.0 <= at["w2@chaos", "SIGCONT"] < 4.5
+    assert windows["fault1"].detail["pid"] == 4242
+    out = capsys.readouterr().out
+    assert re.search(r"fault pause-worker:w2@1s\+3s at 1\.\ds", out), out
+    assert re.search(r"fault kill-worker:w1@2s at 2\.\ds", out), out
+    assert re.search(r"fault pause-worker:w2@1s\+3s ended at 4\.\ds", out), out
+    faults = [json.loads(line) for f in tmp_path.glob("harness-*.jsonl") for line in f.open()]
+    assert [(r["name"], r["phase"]) for r in faults] == [
+        ("pause_worker", "start"), ("kill_worker", "start"), ("kill_worker", "end"),
+        ("pause_worker", "end"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -69,15 +205,19 @@ def test_local_load_with_a_fault_and_two_locust_processes(tmp_path: Path) -> Non
         "--env", "SAMPLE_EMAIL_SEND_SECONDS=0.3", "--reports", str(reports),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"fault kill-child:w1@3s at 3\.\ds", proc.stdout), proc.stdout
     (run_dir,) = [p for p in reports.iterdir() if p.name[0].isdigit()]
     verdict = json.loads((run_dir / "verdict.json").read_text())
     assert verdict["kind"] == "load" and verdict["verdict"] == "valid"
+    spec = load_spec(run_dir / "scenarios" / "load" / "spec.json")  # for celery-chaos replay
+    assert [s.do for s in spec.schedule.steps] == [KillPoolChild(worker="w1")]
+    assert spec.load is not None and spec.load.rate == 16 and spec.app == "sample_app.app:app"
     assert verdict["command"].startswith("celery-chaos load --users 4")
     (scenario,) = verdict["scenarios"]
     assert scenario["faults"] == ["kill_pool_child"]
     assert scenario["deployment"]["settings"]["acks_late"] is True
-    counts = scenario["invariants"][0]["summary"]["counts"]
-    assert counts["lost"] == 0 and counts["acknowledged"] > 20
+    queue = ScenarioResult.model_validate(scenario).queue
+    assert queue is not None and queue.counts.lost == 0 and queue.counts.acknowledged > 20
     history = run_dir / "scenarios" / "load" / "history"
     publishers = sorted(history.glob("publisher-*.jsonl"))
     assert len(publishers) == 2, publishers  # two Locust processes, one history
@@ -149,6 +289,6 @@ def test_master_with_a_worker_started_from_the_printed_script(tmp_path: Path) ->
     (run_dir,) = [p.parent for p in reports.glob("*/verdict.json")]
     history = run_dir / "scenarios" / "load" / "history"
     assert len(list(history.glob("publisher-*.jsonl"))) == 1  # the worker's, in this history
-    counts = json.loads((run_dir / "verdict.json").read_text())["scenarios"][0]["invariants"][0][
-        "summary"]["counts"]
-    assert 20 <= counts["acknowledged"] <= 60 and counts["lost"] == 0
+    run = RunVerdict.model_validate_json((run_dir / "verdict.json").read_text())
+    queue = run.scenarios[0].queue
+    assert queue is not None and 20 <= queue.counts.acknowledged <= 60 and queue.counts.lost == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -12,9 +13,9 @@ import redis
 from harness.deployment.brokers import RedisServer
 from harness.deployment.links import LinkProxies, host_port, with_host_port
 from harness.errors import InfrastructureError
-from harness.faults.network import NetworkFaults
 from harness.history.schema import Kind
 from harness.history.store import HistoryWriter, read_history
+from harness.runner.scenario import NetApi
 
 
 def test_url_rewriting_keeps_credentials_and_path() -> None:
@@ -27,12 +28,26 @@ def test_url_rewriting_keeps_credentials_and_path() -> None:
     assert with_host_port("redis://127.0.0.1:6379/3", "127.0.0.1", 9) == "redis://127.0.0.1:9/3"
 
 
+class _Links:
+    """The part of a deployment that link faults use: the history writer and the links."""
+
+    def __init__(self, links: LinkProxies, writer: HistoryWriter) -> None:
+        self.links = links
+        self.writer = writer
+
+    def select_links(self, targets: str | list[str]) -> list[str]:
+        return self.links.select(targets)
+
+    def link_api(self) -> Any:
+        return self.links.client
+
+
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[tuple[LinkProxies, NetworkFaults, RedisServer, Path]]:
+def rig(tmp_path: Path) -> Iterator[tuple[LinkProxies, NetApi, RedisServer, Path]]:
     server = RedisServer(tmp_path).start()
     links = LinkProxies(tmp_path / "proxy").start()
     hist = tmp_path / "history"
-    net = NetworkFaults(links, HistoryWriter(hist, "harness", "harness"))
+    net = NetApi(_Links(links, HistoryWriter(hist, "harness", "harness")))
     try:
         yield links, net, server, hist
     finally:
@@ -46,7 +61,7 @@ def _client(url: str) -> redis.Redis:
 
 
 def test_partition_modes_and_heal(
-    rig: tuple[LinkProxies, NetworkFaults, RedisServer, Path],
+    rig: tuple[LinkProxies, NetApi, RedisServer, Path],
 ) -> None:
     links, net, server, hist = rig
     url_a = links.url("w1-broker", server.url(0))
@@ -94,7 +109,7 @@ def test_partition_modes_and_heal(
 
 
 def test_unknown_target_is_a_clear_error(
-    rig: tuple[LinkProxies, NetworkFaults, RedisServer, Path],
+    rig: tuple[LinkProxies, NetApi, RedisServer, Path],
 ) -> None:
     links, net, server, _ = rig
     links.url("w1-broker", server.url(0))
@@ -103,7 +118,7 @@ def test_unknown_target_is_a_clear_error(
 
 
 def test_bad_fault_input_records_nothing_and_heal_ends_every_window(
-    rig: tuple[LinkProxies, NetworkFaults, RedisServer, Path],
+    rig: tuple[LinkProxies, NetApi, RedisServer, Path],
 ) -> None:
     links, net, server, hist = rig
     links.url("w1-broker", server.url(0))
@@ -120,7 +135,8 @@ def test_bad_fault_input_records_nothing_and_heal_ends_every_window(
 
     net.partition("w1-broker", "blackhole")
     net.latency("w2-broker", ms=10)
-    links.client.remove_toxic("w2-broker", net.open[-1].toxics[0][1])  # gone behind our back
+    toxic = net.open[-1][1].detail["_toxics"][0][1]
+    links.client.remove_toxic("w2-broker", toxic)  # gone behind our back
     with pytest.raises(Exception):  # noqa: B017 - whatever the API answers for a missing toxic
         net.heal()
     faults = [(r.name, r.phase) for r in read_history(hist) if r.kind is Kind.FAULT]

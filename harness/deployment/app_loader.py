@@ -13,6 +13,7 @@ import importlib
 import inspect
 import json
 import os
+import sys
 from typing import Any
 
 from celery import Celery
@@ -29,17 +30,32 @@ DEFAULT_APP = "sample_app.app:app"
 _MERGED = ("broker_transport_options", "result_backend_transport_options")
 
 
+def _cwd_on_path() -> None:
+    """Put the current directory first on ``sys.path`` when it is not there yet.
+
+    ``python -m`` puts it there, but a console script (``celery-chaos``, ``pytest``) puts its
+    own ``bin/`` directory instead: the user's module in the current directory would be found
+    only with ``PYTHONPATH=.``. Child processes get it through ``PYTHONPATH``
+    (``Scenario._process_env`` puts the harness's current directory first).
+    """
+    cwd = os.getcwd()
+    if not any(isinstance(p, str) and os.path.abspath(p or os.curdir) == cwd for p in sys.path):
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
+
+
 def load_app(spec: str) -> Celery:
     """Import ``package.module:attr`` (``attr`` defaults to ``app``) and return the Celery app."""
     module_name, _, attr = spec.partition(":")
     if not module_name:
         raise UsageError(f"bad app path {spec!r}: use package.module:app")
+    _cwd_on_path()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(
             f"cannot import {module_name!r} for --chaos-app {spec!r}: {exc} "
-            "(is it on PYTHONPATH / installed?)"
+            "(is it in the current directory, on PYTHONPATH or installed?)"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - the user's module failed: say so in one line
         raise UsageError(

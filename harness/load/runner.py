@@ -104,6 +104,10 @@ class LoadRun:
             )
         return int(code)
 
+    def done(self) -> bool:
+        """Whether Locust has exited (a load never started counts as done)."""
+        return self.proc is None or not self.proc.is_running()
+
     def stop(self) -> None:
         """Stop Locust if it is still running."""
         if self.proc is not None:

@@ -1,4 +1,5 @@
-"""What a report says about the deployment: broker and version, workers, pool, settings.
+"""The deployment as run, for ``ScenarioResult.deployment``: broker and version, workers,
+pool, the effective reliability settings.
 
 The reliability settings shown are the *effective* ones: the app's own configuration
 with the settings under test applied, read by loading the app exactly as the workers do
@@ -11,24 +12,28 @@ import json
 import os
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # pragma: no cover
-    from harness.scenario import Scenario
+from harness.history.store import HistoryWriter
+from harness.results import RELIABILITY_SETTINGS, ScenarioResult, from_conf, settings_over_defaults
 
-#: (label in reports, Celery setting); ``transport:`` reads ``broker_transport_options``.
-RELIABILITY_SETTINGS: tuple[tuple[str, str], ...] = (
-    ("acks_late", "task_acks_late"),
-    ("reject_on_worker_lost", "task_reject_on_worker_lost"),
-    ("prefetch_multiplier", "worker_prefetch_multiplier"),
-    ("time_limit", "task_time_limit"),
-    ("soft_time_limit", "task_soft_time_limit"),
-    ("visibility_timeout", "transport:visibility_timeout"),
-    ("confirm_publish", "transport:confirm_publish"),
-    ("broker_heartbeat", "broker_heartbeat"),
-)
-#: kombu's Redis transport default when ``visibility_timeout`` is not set.
-REDIS_VISIBILITY_DEFAULT = 3600
+
+class Scenario(Protocol):
+    """What a description reads of a scenario (:class:`harness.runner.scenario.Scenario`)."""
+
+    result: ScenarioResult
+    writer: HistoryWriter
+    env: dict[str, str]
+    settings: dict[str, Any]
+    loads: list[Any]
+    app: Any
+
+    @property
+    def broker_kind(self) -> str | None: ...
+    @property
+    def broker(self) -> Any: ...
+    @property
+    def workers(self) -> dict[str, Any]: ...
 
 _SCRIPT = """
 import json, sys
@@ -43,36 +48,6 @@ for key in keys:
         out[key] = conf.get(key)
 print(json.dumps(out, default=repr))
 """
-
-
-def _from_conf(values: dict[str, Any], broker: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for label, key in RELIABILITY_SETTINGS:
-        value = values.get(key)
-        if label == "visibility_timeout":
-            if broker != "redis":
-                continue
-            value = REDIS_VISIBILITY_DEFAULT if value is None else value
-        if label == "confirm_publish" and broker == "redis":
-            continue
-        if label in ("acks_late", "reject_on_worker_lost", "confirm_publish"):
-            value = bool(value)  # None is Celery's "off"
-        out[label] = value
-    return out
-
-
-def settings_over_defaults(settings: dict[str, Any], broker: str) -> dict[str, Any]:
-    """Celery's defaults with ``settings`` applied (when the app cannot be loaded)."""
-    from celery.app.defaults import DEFAULTS
-
-    values: dict[str, Any] = {}
-    transport = dict(settings.get("broker_transport_options") or {})
-    for _, key in RELIABILITY_SETTINGS:
-        if key.startswith("transport:"):
-            values[key] = transport.get(key.split(":", 1)[1])
-        else:
-            values[key] = settings.get(key, DEFAULTS.get(key))
-    return _from_conf(values, broker)
 
 
 def effective_settings(env: dict[str, str], broker: str, timeout: float = 60.0) -> dict[str, Any]:
@@ -92,7 +67,7 @@ def effective_settings(env: dict[str, str], broker: str, timeout: float = 60.0) 
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"could not load the app to read its settings: {last}")
-    return _from_conf(json.loads(res.stdout.strip().splitlines()[-1]), broker)
+    return from_conf(json.loads(res.stdout.strip().splitlines()[-1]), broker)
 
 
 def describe(scenario: Scenario) -> dict[str, Any]:

@@ -1,11 +1,15 @@
 """``celery-chaos load``: a Locust load test with an optional fault schedule, and its report.
 
 Local (default): the harness starts its own deployment (broker, result Redis, workers)
-exactly as a scenario does, runs Locust for ``--duration``, injects each ``--fault`` at
-its time, drains, checks the history and writes ``reports/<run>/`` (verdict.json,
-index.html, junit.xml). Existing deployment (``--broker-url``): only Locust and the
-publisher-side recorder run; no fault, no drain (the harness does not own those
-workers), so the verdict is ``unknown`` by design and the report says so.
+exactly as a scenario does, runs Locust for ``--duration`` and the ``--fault`` schedule
+through the one runner: each ``--fault`` is a step of a
+:class:`~harness.spec.model.ScenarioSpec` (an op of the fault vocabulary at its time), every
+step in a thread of its own, so faults may overlap and a pause never delays the next fault.
+It then drains, checks the history and writes ``reports/<run>/`` (verdict.json, index.html,
+junit.xml, and the scenario's ``spec.json``: ``celery-chaos replay`` runs the load again).
+Existing deployment (``--broker-url``): only Locust and the publisher-side recorder run; no
+fault, no drain (the harness does not own those workers), so the verdict is ``unknown`` by
+design and the report says so.
 
 Distributed Locust: ``--processes N`` forks N Locust workers; ``--master
 --expect-workers N`` waits for N workers started with the script the command prints.
@@ -21,27 +25,45 @@ import os
 import re
 import shlex
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from harness.deployment.processes import wait_for
 from harness.errors import ChaosError, InfrastructureError, UsageError
+from harness.faults.context import Window
+from harness.faults.schedule import Schedule, ScheduleRun, Step, Trigger
+from harness.faults.vocabulary import parse_op, registry
 from harness.load.runner import LOCUSTFILE, LoadRun
+from harness.spec.model import ScenarioSpec, parse_spec
 
-#: ``NAME[:TARGET]@AT[+DURATION]``, e.g. ``kill-worker:w1@10s``, ``pause-worker:w2@5s+3s``.
-FAULT_RE = re.compile(r"^(?P<name>[a-z-]+)(?::(?P<target>[\w.-]+(?:@[\w.-]+)?))?"
+#: ``NAME[:TARGET]@AT[+DURATION]``, e.g. ``kill-worker:w1@10s``, ``pause_worker:w2@5s+3s``.
+FAULT_RE = re.compile(r"^(?P<name>[a-z_-]+)(?::(?P<target>[\w.-]+(?:@[\w.-]+)?))?"
                       r"@(?P<at>[0-9][0-9.a-z]*)(?:\+(?P<dur>[0-9][0-9.a-z]*))?$")
+#: The short names of ``--fault`` and the op of the fault vocabulary each stands for.
 FAULT_KINDS = {
-    "kill-worker": "SIGKILL a worker's main process",
-    "kill-child": "SIGKILL one pool child of a worker (preferably one running a task)",
-    "pause-worker": "SIGSTOP a worker for +DURATION, then SIGCONT",
-    "restart-worker": "start a worker again (after a kill)",
-    "crash-broker": "SIGKILL the broker, keep it down +DURATION, start it again",
+    "kill-worker": "kill_worker",
+    "kill-child": "kill_pool_child",
+    "pause-worker": "pause_worker",
+    "restart-worker": "start_worker",
+    "crash-broker": "crash_broker",
 }
-_WORKER_FAULTS = {"kill-worker", "kill-child", "pause-worker", "restart-worker"}
+#: The ops a ``--fault`` may name (those that need no link proxy), by what TARGET is:
+#: ``worker`` (required), ``workers`` (optional: every worker) or ``none``.
+FAULT_OPS = {
+    "kill_worker": "worker",
+    "kill_pool_child": "worker",
+    "pause_pool_child": "worker",
+    "pause_worker": "worker",
+    "start_worker": "worker",
+    "stop_consuming": "workers",
+    "crash_broker": "none",
+    "stop_broker": "none",
+}
+_ACCEPTED = ", ".join([*FAULT_KINDS, *FAULT_OPS])
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -64,47 +86,58 @@ def parse_duration(text: str, what: str = "duration") -> float:
     return total
 
 
-@dataclass(frozen=True)
-class FaultSpec:
-    """One scheduled fault."""
-
-    kind: str
-    target: str | None
-    at: float
-    duration: float = 0.0
-    text: str = ""
+def fault_op(name: str) -> str | None:
+    """The vocabulary op a ``--fault`` NAME stands for (``kill-child``, ``kill_pool_child``
+    and ``kill-pool-child`` are one), or None."""
+    key = name.replace("_", "-")
+    op = FAULT_KINDS.get(key, key.replace("-", "_"))
+    return op if op in FAULT_OPS else None
 
 
-def parse_fault(text: str, workers: int | None = None) -> FaultSpec:
-    """Parse ``NAME[:TARGET]@AT[+DURATION]``; raise a one-line :class:`UsageError`."""
+def parse_fault(text: str) -> Step:
+    """``NAME[:TARGET]@AT[+DURATION]`` -> a schedule step (the op at AT seconds, held for
+    DURATION); raise a one-line :class:`UsageError`. Whether a named worker exists is the
+    spec's check (:func:`scenario_spec`)."""
     m = FAULT_RE.match(text.strip())
-    kinds = ", ".join(FAULT_KINDS)
     if not m:
         raise UsageError(
             f"bad --fault {text!r}: use NAME[:TARGET]@AT[+DURATION], e.g. kill-worker:w1@10s "
-            f"(faults: {kinds})"
+            f"(faults: {_ACCEPTED})"
         )
-    kind, target = m.group("name"), m.group("target")
-    if kind not in FAULT_KINDS:
-        raise UsageError(f"unknown fault {kind!r} in --fault {text!r}: use one of {kinds}")
+    name, target = m.group("name"), m.group("target")
+    op = fault_op(name)
+    if op is None:
+        raise UsageError(f"unknown fault {name!r} in --fault {text!r}: use one of {_ACCEPTED}")
     at = parse_duration(m.group("at"), "fault time")
-    dur = parse_duration(m.group("dur"), "fault duration") if m.group("dur") else 0.0
-    if kind in _WORKER_FAULTS:
-        if not target:
-            raise UsageError(f"--fault {text!r} needs a worker: {kind}:w1@{m.group('at')}")
-        short = target.split("@")[0]
-        if not re.fullmatch(r"w\d+", short) or (
-            workers is not None and not 1 <= int(short[1:]) <= workers
-        ):
-            raise UsageError(
-                f"--fault {text!r}: no worker {target!r}; workers are w1..w{workers or 'N'}"
-            )
-        target = f"{short}@chaos"
-    elif target:
-        raise UsageError(f"--fault {text!r}: {kind} takes no target ({kind}@10s+2s)")
-    if kind == "pause-worker" and dur <= 0:
-        raise UsageError(f"--fault {text!r}: pause-worker needs +DURATION, e.g. @5s+3s")
-    return FaultSpec(kind=kind, target=target, at=at, duration=dur, text=text)
+    dur = parse_duration(m.group("dur"), "fault duration") if m.group("dur") else None
+    data: dict[str, Any] = {"op": op}
+    kind = FAULT_OPS[op]
+    if kind == "worker" and not target:
+        raise UsageError(f"--fault {text!r} needs a worker: {name}:w1@{m.group('at')}")
+    if kind == "none" and target:
+        raise UsageError(f"--fault {text!r}: {name} takes no target ({name}@10s+2s)")
+    node = f"{target.split('@')[0]}@chaos" if target else None
+    if kind == "worker":
+        data["worker"] = node
+    elif kind == "workers" and node:
+        data["nodes"] = [node]
+    held = registry()[op].held
+    if op == "pause_worker" and not dur:
+        raise UsageError(f"--fault {text!r}: {name} needs +DURATION, e.g. @5s+3s")
+    if dur is not None and not held:
+        raise UsageError(f"--fault {text!r}: {name} is instantaneous: drop +{m.group('dur')}")
+    try:
+        return Step(when=Trigger(at=at), do=parse_op(data), duration=dur)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise UsageError(f"--fault {text!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _fault_help() -> str:
+    ops = "; ".join(f"{op} ({registry()[op].label})" for op in FAULT_OPS)
+    short = ", ".join(f"{k}={op}" for k, op in FAULT_KINDS.items())
+    return (f"NAME[:TARGET]@AT[+DURATION], TARGET a worker (w1), +DURATION how long a held "
+            f"fault lasts. NAME is an op of the fault vocabulary: {ops}; or a short name: "
+            f"{short}")
 
 
 def _setting(text: str) -> tuple[str, Any]:
@@ -128,8 +161,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="target publishes per second over all users (default 5 per user; "
                         "0: as fast as possible)")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
-                   help="NAME[:TARGET]@AT[+DURATION]: " + "; ".join(
-                       f"{k} ({v})" for k, v in FAULT_KINDS.items()))
+                   help=_fault_help())
     p.add_argument("--broker", choices=("rabbitmq", "redis"), default="rabbitmq",
                    help="broker of the local deployment (default rabbitmq)")
     p.add_argument("--workers", type=int, default=2, help="workers w1..wN (default 2)")
@@ -209,11 +241,14 @@ class LoadOptions:
     spawn_rate: float | None
     duration: float
     rate: float
-    faults: list[FaultSpec]
+    #: The ``--fault`` steps in time order, ids ``fault1``...
+    faults: list[Step]
     settings: dict[str, Any]
     env: dict[str, str]
     drain_timeout: float
     existing: bool
+    #: Step id -> the ``--fault`` text it came from.
+    fault_texts: dict[str, str] = field(default_factory=dict)
 
 
 def validate(args: argparse.Namespace) -> LoadOptions:
@@ -235,14 +270,17 @@ def validate(args: argparse.Namespace) -> LoadOptions:
     existing = bool(args.broker_url)
     if args.result_backend and not existing:
         raise UsageError("--result-backend needs --broker-url (an existing deployment)")
-    faults = [parse_fault(f, args.workers) for f in args.fault]
-    if existing and faults:
+    parsed = [(text, parse_fault(text)) for text in args.fault]
+    if existing and parsed:
         raise UsageError(
             "--fault needs a deployment the harness owns: drop --broker-url to run a local one"
         )
-    for f in faults:
-        if f.at >= duration:
-            raise UsageError(f"--fault {f.text!r} at {f.at:g}s is after --duration {duration:g}s")
+    for text, step in parsed:
+        at = step.when.at or 0.0
+        if at >= duration:
+            raise UsageError(f"--fault {text!r} at {at:g}s is after --duration {duration:g}s")
+    parsed.sort(key=lambda p: p[1].when.at or 0.0)
+    steps = [s.model_copy(update={"id": f"fault{i}"}) for i, (_, s) in enumerate(parsed, 1)]
     env: dict[str, str] = {}
     for item in args.env:
         name, sep, value = item.partition("=")
@@ -251,29 +289,29 @@ def validate(args: argparse.Namespace) -> LoadOptions:
         env[name] = value
     return LoadOptions(
         users=args.users, spawn_rate=args.spawn_rate, duration=duration, rate=rate,
-        faults=sorted(faults, key=lambda f: f.at),
-        settings=dict(_setting(s) for s in args.setting), env=env,
+        faults=steps, settings=dict(_setting(s) for s in args.setting), env=env,
         drain_timeout=parse_duration(args.drain_timeout, "--drain-timeout"), existing=existing,
+        fault_texts={f"fault{i}": text for i, (text, _) in enumerate(parsed, 1)},
     )
 
 
-def _apply(scenario: Any, fault: FaultSpec) -> None:
-    """Inject one fault through the scenario's fault injector."""
-    if fault.kind == "crash-broker":
-        scenario.faults.restart_broker(scenario.broker, crash=True, down_for=fault.duration)
-        return
-    worker = scenario.worker(fault.target)
-    if fault.kind == "kill-worker":
-        scenario.faults.kill_worker(worker)
-    elif fault.kind == "kill-child":
-        running = scenario.running_on(worker)
-        pid = next(iter(running.values())).pid if running else None
-        scenario.faults.kill_pool_child(worker, pid)
-    elif fault.kind == "pause-worker":
-        with scenario.faults.paused(worker):
-            time.sleep(fault.duration)
-    elif fault.kind == "restart-worker":
-        scenario.start_worker(worker.name)
+def scenario_spec(args: argparse.Namespace, opts: LoadOptions,
+                  description: str = "") -> ScenarioSpec:
+    """The local run as a scenario spec: the deployment, the Locust load, the ``--fault``
+    schedule and the drain bound. Bad input (a worker the deployment does not have, an
+    unknown pool) raises a one-line :class:`UsageError` before anything starts."""
+    data = {
+        "name": "load",
+        "description": description,
+        "deployment": {"broker": args.broker, "workers": args.workers,
+                       "concurrency": args.concurrency, "pool": args.pool,
+                       "settings": opts.settings, "env": opts.env},
+        "load": {"users": opts.users, "rate": opts.rate, "duration": opts.duration,
+                 "seed": args.seed},
+        "schedule": Schedule(steps=opts.faults).dump(),
+        "checks": {"drain_timeout": opts.drain_timeout},
+    }
+    return parse_spec(data, "celery-chaos load")
 
 
 def _now() -> str:
@@ -311,28 +349,69 @@ def _start(run: CommandLoadRun, history_dir: Path) -> None:
             )
 
 
-def _run_local(args: argparse.Namespace, opts: LoadOptions, run_dir: Path, command: str,
+def run_schedule(sched: ScheduleRun, texts: dict[str, str]) -> dict[str, Window]:
+    """Run ``sched`` (every step in its own thread), printing each step as its window opens
+    and, for a held fault, closes; return the windows. On an error or an interrupt the
+    steps still waiting are aborted and open windows healed (bounded) before it raises."""
+    held = {s.id for s in sched.schedule.steps if s.do.held}
+    stop = threading.Event()
+    t0 = time.monotonic_ns()
+
+    def announce() -> None:
+        seen: set[tuple[str, str]] = set()
+        while True:
+            last = stop.wait(0.05)
+            for sid, win in sched.windows.items():
+                for what, ns in (("at", win.start_ns), ("ended at", win.end_ns)):
+                    if ns is None or (sid, what) in seen or (what != "at" and sid not in held):
+                        continue
+                    seen.add((sid, what))
+                    print(f"celery-chaos: fault {texts.get(sid, sid)} {what} "
+                          f"{(ns - t0) / 1e9:.1f}s", flush=True)
+            if last:
+                return
+
+    printer = threading.Thread(target=announce, name="fault-announcer", daemon=True)
+    printer.start()
+    try:
+        return sched.run()
+    except BaseException:
+        sched.abort()
+        wait_for(lambda: all(w.start_ns is None or w.end_ns is not None
+                             for w in sched.windows.values()), 15)
+        raise
+    finally:
+        stop.set()
+        printer.join(timeout=2)
+
+
+def _run_local(args: argparse.Namespace, opts: LoadOptions, spec: ScenarioSpec, run_dir: Path,
                workload: Any) -> Any:
-    from harness.scenario import AppUnderTest, Scenario, SharedBrokers
+    from harness.backends.local import SharedBrokers
+    from harness.results import write_json
+    from harness.runner.app import AppUnderTest
+    from harness.runner.run import SPEC_FILE, _window_summary, resolved
+    from harness.runner.scenario import Scenario
 
     app = AppUnderTest.resolve(args.app, workload)
     brokers = SharedBrokers(run_dir)
-    scenario = Scenario("load", run_dir, app, brokers,
-                        description=f"celery-chaos load: {command}")
+    scenario = Scenario(spec.name, run_dir, app, brokers, description=spec.description)
     error: str | None = None
     try:
-        scenario.deploy(args.broker, workers=args.workers, concurrency=args.concurrency,
-                        pool=args.pool, settings=opts.settings, env=opts.env)
+        write_json(scenario.dir / SPEC_FILE, resolved(spec, scenario).to_json())
+        scenario.deploy_spec(spec.deployment, expect=spec.expect)
+        # The load of the spec, started with Locust's spawn rate and distributed modes.
         wl = workload.render(scenario.placeholders())
-        run = _load_run(args, opts, wl, scenario.env, scenario.dir / "load-1")
+        run = _load_run(args, opts, wl, scenario.env_for("publisher"), scenario.dir / "load-1")
         scenario.loads.append(run)
         _start(run, scenario.history_dir)
-        t0 = time.monotonic()
-        for fault in opts.faults:
-            time.sleep(max(0.0, t0 + fault.at - time.monotonic()))
-            print(f"celery-chaos: fault {fault.text} at {time.monotonic() - t0:.1f}s", flush=True)
-            _apply(scenario, fault)
-        scenario.check(drain_timeout=opts.drain_timeout)
+        windows = run_schedule(ScheduleRun(spec.schedule, scenario), opts.fault_texts)
+        scenario.check(drain_timeout=spec.checks.drain_timeout, settle=spec.checks.settle)
+        if windows:
+            scenario.result.metrics["schedule"] = [
+                _window_summary(w, scenario) for w in windows.values()
+            ]
+            scenario.save()
     except ChaosError as exc:
         error = str(exc)
     except KeyboardInterrupt:
@@ -350,14 +429,14 @@ def _run_existing(args: argparse.Namespace, opts: LoadOptions, run_dir: Path, co
     from kombu.utils.url import maybe_sanitize_url
 
     from harness.checks.verdict import Verdict, check_history
-    from harness.deployment.app_loader import load_app
+    from harness.deployment.sampler import QueueDepthSampler
     from harness.history.schema import Kind
-    from harness.history.store import HISTORY_DIR_ENV, HistoryWriter, read_history
-    from harness.report.results import ScenarioResult, write_json
-    from harness.report.sampler import QueueDepthSampler
+    from harness.history.store import HistoryWriter, read_history
+    from harness.results import ScenarioResult, write_json
+    from harness.runner.app import AppUnderTest
+    from harness.runner.scenario import process_env
 
-    app = load_app(args.app)
-    queues = list(dict.fromkeys([*workload.queues, app.conf.task_default_queue or "celery"]))
+    queues = AppUnderTest.resolve(args.app, workload).queues  # task_routes' queues too
     sdir = run_dir / "scenarios" / "load"
     hist, logs = sdir / "history", sdir / "logs"
     hist.mkdir(parents=True)
@@ -368,18 +447,11 @@ def _run_existing(args: argparse.Namespace, opts: LoadOptions, run_dir: Path, co
     writer.write(Kind.SCENARIO, name="load", phase="start",
                  detail={"broker": kind, "broker_url": url, "settings": opts.settings,
                          "app": args.app, "existing": True})
-    cwd = os.getcwd()
     env = {
-        "PYTHONPATH": os.pathsep.join(p for p in [cwd, os.environ.get("PYTHONPATH", "")] if p),
-        "CHAOS_APP": args.app,
-        "CHAOS_BROKER_URL": args.broker_url,
-        "CHAOS_CONF": json.dumps(opts.settings),
-        HISTORY_DIR_ENV: str(hist.resolve()),
-        "PYTHONUNBUFFERED": "1",
+        **process_env(args.app, args.broker_url, opts.settings, hist.resolve(),
+                      result_backend=args.result_backend),
         **opts.env,
     }
-    if args.result_backend:
-        env["CHAOS_RESULT_BACKEND"] = args.result_backend
     started = time.monotonic()
     result = ScenarioResult(
         name="load", description=f"celery-chaos load against {url}: {command}",
@@ -424,11 +496,11 @@ EXISTING_NOTE = (
 
 def main(args: argparse.Namespace) -> int:
     """Run ``celery-chaos load``; return the exit code (0, 1 or 2)."""
+    from harness.checks.queue import QueueCounts
     from harness.deployment.app_loader import load_app
     from harness.load.workload import load_workload
-    from harness.pytest_plugin import DEFAULT_WORKLOAD
     from harness.report.html import write_index
-    from harness.report.results import (
+    from harness.results import (
         RunVerdict,
         exit_code_for,
         new_run_dir,
@@ -436,6 +508,7 @@ def main(args: argparse.Namespace) -> int:
         versions,
         write_json,
     )
+    from harness.runner.app import SAMPLE_WORKLOAD as DEFAULT_WORKLOAD
 
     opts = validate(args)
     command = "celery-chaos load " + " ".join(shlex.quote(a) for a in args.argv)
@@ -449,16 +522,23 @@ def main(args: argparse.Namespace) -> int:
                 f"{exc.args[0].split(';')[0]}: against an existing deployment only a workload "
                 "without {placeholders} works (pass --workload FILE)"
             ) from None
+    spec = None if opts.existing else scenario_spec(args, opts, f"celery-chaos load: {command}")
     load_app(args.app)
     run_dir = new_run_dir(args.reports)
     started = _now()
     print(f"celery-chaos: load run in {run_dir}", flush=True)
-    runner = _run_existing if opts.existing else _run_local
-    result = runner(args, opts, run_dir, command, workload)
-    attempted = next(
-        (i.summary.get("counts", {}).get("attempted", 0) for i in result.invariants
-         if i.name == "queue"), 0)
-    if result.checked and not attempted and not result.error:
+    if spec is None:
+        result = _run_existing(args, opts, run_dir, command, workload)
+    else:
+        for step in spec.schedule.steps:
+            assert step.id is not None
+            print(f"celery-chaos: schedule {opts.fault_texts[step.id]}: {step.do.describe()} "
+                  f"at {step.when.at or 0:g}s"
+                  + (f" for {step.duration:g}s" if step.duration else ""), flush=True)
+        result = _run_local(args, opts, spec, run_dir, workload)
+    queue = result.queue
+    counts = queue.counts if queue is not None else QueueCounts()
+    if result.checked and not counts.attempted and not result.error:
         log = run_dir / "scenarios" / "load" / "load-1" / "locust.log"
         result.error = f"the load published no task, so nothing is proven: see {log}"
     results = [result]
@@ -471,11 +551,10 @@ def main(args: argparse.Namespace) -> int:
     )
     write_json(run_dir / "verdict.json", run.model_dump(mode="json"))
     page = write_index(run_dir, run)
-    q = next((i.summary.get("counts", {}) for i in result.invariants if i.name == "queue"), {})
     print(
         f"celery-chaos: verdict {verdict.value}"
-        f"{' (as declared)' if as_expected else ''}: published {q.get('acknowledged', 0)}, "
-        f"completed {q.get('completed', 0)}, lost {q.get('lost', 0)}; report {page}"
+        f"{' (as declared)' if as_expected else ''}: published {counts.acknowledged}, "
+        f"completed {counts.completed}, lost {counts.lost}; report {page}"
         + (f"; error: {result.error}" if result.error else ""),
         flush=True,
     )

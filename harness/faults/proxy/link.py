@@ -21,12 +21,9 @@ import socket
 import struct
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .toxics import CAPACITY, DEFAULT_CAPACITY, PIPES, TIMED_OUT, Chunk, Item, Toxic, new_state
-
-if TYPE_CHECKING:
-    from .proxies import Proxy
 
 log = logging.getLogger(__name__)
 
@@ -464,6 +461,24 @@ def _set_linger_zero(transport: asyncio.Transport | None) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+class Toxics(Protocol):
+    """A proxy's toxics, as a connection reads them."""
+
+    def all(self) -> list[Toxic]: ...
+    def chain(self, direction: str) -> list[Toxic]: ...
+
+
+class Proxy(Protocol):
+    """What a connection needs of its proxy (:class:`.proxies.Proxy`)."""
+
+    name: str
+    upstream: str
+    connections: set[Connection]
+
+    @property
+    def toxics(self) -> Toxics: ...
 
 
 class Connection:

@@ -3,8 +3,9 @@
 * :func:`run` serves in the foreground until SIGINT/SIGTERM (the CLI's entry point).
 * :class:`ProxyServer` serves from a background thread of the calling process (tests, harness).
 
-Routes, status codes, bodies and headers follow /work/shared/docs/toxiproxy-spec.md (Toxiproxy
-2.12). The TCP proxying itself lives in :mod:`.link`, proxies and toxic chains in :mod:`.proxies`.
+Routes, status codes, bodies and headers follow Toxiproxy 2.12's documented HTTP API and what
+its server does. The TCP proxying itself lives in :mod:`.link`, proxies and toxic chains in
+:mod:`.proxies`.
 """
 
 from __future__ import annotations

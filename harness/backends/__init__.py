@@ -1,0 +1,1 @@
+"""Deployment backends: where a scenario's brokers, workers and beats run."""

@@ -1,0 +1,293 @@
+"""The local backend: private broker processes, workers and beats on this machine.
+
+Brokers run as private child processes on free loopback ports: one RabbitMQ node per broker
+group (each scenario in a vhost of its own), a Redis server per Redis-broker scenario, one
+Redis for result backends. The harness's own services (an SMTP sink, a flaky HTTP server,
+the sample app's SQLite database) and, for network faults, a proxy per link, run beside them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psutil
+from celery import Celery
+
+from harness.backends.base import BackendError
+from harness.deployment.brokers import RabbitMQServer, RedisServer
+from harness.deployment.links import LinkProxies
+from harness.deployment.sinks import FlakyHttpServer, SmtpSink, seed_reports_db
+from harness.deployment.workers import Beat, Worker
+from harness.results import safe_name
+
+#: Where to find the broker binaries when they are not where the Debian packages put them.
+RABBITMQ_BIN_ENV = "CHAOS_RABBITMQ_BIN_DIR"
+REDIS_SERVER_ENV = "CHAOS_REDIS_SERVER"
+#: Seconds a worker or beat gets to exit on SIGTERM at teardown before it is killed.
+STOP_GRACE_S = 3.0
+
+
+def in_parallel(steps: list[Callable[[], object]]) -> None:
+    """Run ``steps`` in threads, wait for all, then raise the first error, if any."""
+    with ThreadPoolExecutor(max_workers=max(1, len(steps))) as pool:
+        futures = [pool.submit(step) for step in steps]
+    errors = [e for f in futures if (e := f.exception()) is not None]
+    if errors:
+        raise errors[0]
+
+
+def redis_server(run_dir: Path, **kwargs: Any) -> RedisServer:
+    """A :class:`RedisServer` using ``$CHAOS_REDIS_SERVER`` as the binary when set."""
+    return RedisServer(
+        run_dir, executable=os.environ.get(REDIS_SERVER_ENV, "redis-server"), **kwargs
+    )
+
+
+@dataclass
+class SharedBrokers:
+    """Brokers shared by the scenarios of one session, started on first use.
+
+    One RabbitMQ node per broker group serves every RabbitMQ scenario of the group, each in
+    its own vhost; one Redis server holds the result backend. Redis *broker* scenarios get a
+    server of their own, so restarts and persistence settings stay private.
+    """
+
+    root: Path
+    folder: str = "brokers"  # under root; one per xdist worker
+    #: Seconds spent starting the shared brokers so far: the session's cost, which the first
+    #: scenario to need them should not count as its own.
+    startup_s: float = 0.0
+    _rabbits: dict[str, RabbitMQServer] = field(default_factory=dict)
+    _redis: RedisServer | None = None
+    _vhosts: int = 0
+
+    def rabbitmq(self, group: str = "shared") -> RabbitMQServer:
+        """The session's RabbitMQ node of ``group``."""
+        if group not in self._rabbits:
+            t0 = time.monotonic()
+            folder = self.folder if group == "shared" else f"{self.folder}-{safe_name(group)}"
+            node = RabbitMQServer(
+                self.root.resolve() / folder,
+                bin_dir=os.environ.get(RABBITMQ_BIN_ENV, "/usr/lib/rabbitmq/bin"),
+            )
+            self._rabbits[group] = node
+            node.start()
+            self.startup_s += time.monotonic() - t0
+        return self._rabbits[group]
+
+    def results_redis(self) -> RedisServer:
+        """The session's Redis server for result backends."""
+        if self._redis is None:
+            t0 = time.monotonic()
+            self._redis = redis_server(self.root.resolve() / self.folder, name="redis-results")
+            self._redis.start()
+            self.startup_s += time.monotonic() - t0
+        return self._redis
+
+    def new_vhost(self, name: str, group: str = "shared") -> str:
+        """A fresh vhost on the group's node."""
+        self._vhosts += 1
+        vhost = f"s{self._vhosts}-{safe_name(name)[-40:]}"
+        self.rabbitmq(group).add_vhost(vhost)
+        return vhost
+
+    def close(self) -> None:
+        """Stop the shared brokers."""
+        for broker in [*self._rabbits.values(), self._redis]:
+            if broker is not None:
+                broker.stop()
+        self._rabbits.clear()
+        self._redis = None
+
+
+class LocalBackend:
+    """One scenario's deployment as local processes (the backend interface's first kind)."""
+
+    kind = "local"
+
+    def __init__(self, sdir: Path, queues: list[str], brokers: SharedBrokers) -> None:
+        self.dir = sdir
+        self.queues = queues
+        self.brokers = brokers
+        self.broker_kind: str | None = None
+        self.broker: Any = None
+        self.own_broker = False
+        self.broker_url = ""
+        self.backend_url = ""
+        self.vhost = ""
+        self.workers: dict[str, Worker] = {}
+        self.beats: dict[str, Beat] = {}
+        self.smtp: SmtpSink | None = None
+        self.http: FlakyHttpServer | None = None
+        self.links: LinkProxies | None = None
+        self.reports_db: Path | None = None
+        self.stop_grace_s = STOP_GRACE_S
+
+    # -- brokers and services --------------------------------------------------------------
+
+    def start_broker_node(
+        self, kind: str, *, name: str, group: str = "shared", persistence: str = "none"
+    ) -> None:
+        """Get the scenario's broker: a vhost on the group's node, or a private Redis."""
+        self.broker_kind = kind
+        if kind == "rabbitmq":
+            self.broker = self.brokers.rabbitmq(group)
+            self.vhost = self.brokers.new_vhost(name, group)
+            self.broker_url = self.broker.url(self.vhost)
+            self.backend_url = self.brokers.results_redis().url(1)
+        elif kind == "redis":
+            self.broker = redis_server(self.dir.resolve(), persistence=persistence)
+            self.own_broker = True
+            self.broker.start()
+            self.broker_url = self.broker.url(0)
+            self.backend_url = self.broker.url(1)
+        else:
+            raise BackendError(f"unknown broker {kind!r}: use rabbitmq or redis")
+
+    def start_services(self) -> None:
+        """The SMTP sink, the flaky HTTP server and the sample app's database."""
+        services = self.dir / "services"
+        services.mkdir(exist_ok=True)
+        self.smtp = SmtpSink(services / "smtp.jsonl").start()
+        self.http = FlakyHttpServer().start()
+        self.reports_db = services / "reports.sqlite3"
+        seed_reports_db(self.reports_db)
+
+    def start_links(self) -> None:
+        """A proxy per link (created on first use by :meth:`link_url`)."""
+        self.links = LinkProxies(self.dir / "proxy").start()
+
+    def link_url(self, link: str, upstream_url: str) -> str:
+        """The URL through link ``link`` (``w1-broker``), or ``upstream_url`` unproxied."""
+        return self.links.url(link, upstream_url) if self.links is not None else upstream_url
+
+    def crash_broker(self) -> None:
+        """SIGKILL the broker."""
+        self.broker.crash()
+
+    def stop_broker(self) -> None:
+        """Stop the broker gracefully."""
+        self.broker.stop()
+
+    def start_broker(self) -> None:
+        """Start the broker again on its data directory."""
+        self.broker.start()
+
+    def queue_depths(self, queues: list[str]) -> dict[str, tuple[int, int]]:
+        """``{queue: (ready, unacked)}`` on the scenario's broker."""
+        if self.broker_kind == "rabbitmq":
+            depths = self.broker.queue_depths(self.vhost)
+            return {q: depths.get(q, (0, 0)) for q in queues}
+        return self.broker.queue_depths(0, queues)
+
+    def cancel_consumers(self, names: list[str], queues: list[str]) -> None:
+        """Ask workers to stop consuming ``queues`` (Celery remote control, straight to the
+        broker)."""
+        app = Celery("chaos-control", broker=self.broker_url, set_as_current=False)
+        try:
+            for queue in queues:
+                app.control.cancel_consumer(queue, destination=names, reply=True, timeout=2)
+        finally:
+            app.close()
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    def new_worker(self, name: str, env: dict[str, str], log_dir: Path, history_dir: Path,
+                   *, concurrency: int, pool: str) -> Worker:
+        """Register a worker (not started) consuming the app's queues."""
+        worker = Worker(name, queues=self.queues, env=env, log_dir=log_dir,
+                        history_dir=history_dir, concurrency=concurrency, pool=pool)
+        self.workers[name] = worker
+        return worker
+
+    def worker(self, name: str) -> Worker:
+        """A worker by node name (``w1@chaos``) or short name (``w1``)."""
+        node = name if "@" in name else f"{name}@chaos"
+        try:
+            return self.workers[node]
+        except KeyError:
+            raise BackendError(f"no worker {node}; workers: {', '.join(self.workers)}") from None
+
+    def signal_worker(self, name: str, sig: int, *, wait_exit: float | None = None) -> None:
+        """Signal a worker's main process; optionally wait until it exits."""
+        w = self.worker(name)
+        w.signal(sig)
+        if wait_exit is not None and w.proc is not None:
+            w.proc.wait_exit(wait_exit)
+
+    @staticmethod
+    def signal_pid(pid: int, sig: int, *, wait_exit: float | None = None,
+                   missing_ok: bool = False) -> None:
+        """Signal one process of the deployment by host pid (a pool child)."""
+        try:
+            proc = psutil.Process(pid)
+            proc.send_signal(sig)
+            if wait_exit is not None and sig in (signal.SIGKILL, signal.SIGTERM):
+                proc.wait(wait_exit)
+        except psutil.NoSuchProcess:
+            if not missing_ok and sig != signal.SIGKILL:
+                raise
+        except psutil.TimeoutExpired:
+            raise BackendError(f"pid {pid} did not exit within {wait_exit} s of {sig}") from None
+
+    def worker_log(self, name: str) -> str:
+        """The current process's log of a worker."""
+        w = self.worker(name)
+        if w.proc is None:
+            return ""
+        try:
+            return w.proc.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def beat(self, name: str) -> Beat:
+        """A beat by name."""
+        try:
+            return self.beats[name]
+        except KeyError:
+            raise BackendError(f"no beat {name}; beats: {', '.join(self.beats)}") from None
+
+    def signal_beat(self, name: str, sig: int, *, wait_exit: float | None = None) -> None:
+        """Signal a beat; optionally wait until it exits."""
+        b = self.beat(name)
+        b.signal(sig)
+        if wait_exit is not None and b.proc is not None and b.proc.wait_exit(wait_exit) is None:
+            raise BackendError(f"beat {name} (pid {b.pid}) did not exit after signal {sig}")
+
+    def placeholders(self) -> dict[str, Any]:
+        """Values for ``{placeholders}`` in workloads and published arguments."""
+        assert self.smtp is not None and self.http is not None
+        return {"http_base": self.http.base_url, "smtp_host": self.smtp.host,
+                "smtp_port": self.smtp.port}
+
+    def close_steps(self) -> list[Callable[[], object]]:
+        """Teardown, in order: every worker and beat at once (a short grace: the verdict is
+        in), the scenario's own broker, the services, the link proxies."""
+        steps: list[Callable[[], object]] = []
+        procs = [*self.beats.values(), *self.workers.values()]
+        if procs:
+            stops = [partial(p.stop, timeout=self.stop_grace_s) for p in procs]
+            steps.append(partial(in_parallel, stops))
+        if self.own_broker and self.broker is not None:
+            steps.append(self.broker.stop)
+        steps += [s.stop for s in (self.smtp, self.http) if s is not None]
+        if self.links is not None:
+            steps.append(self.links.stop)
+        return steps
+
+    def versions(self) -> dict[str, str]:
+        """What ran: the backend and the broker's version."""
+        out = {"backend": self.kind}
+        try:
+            out["broker"] = f"{self.broker_kind} {self.broker.version()}" if self.broker else ""
+        except Exception as exc:  # noqa: BLE001 - a report field
+            out["broker"] = f"{self.broker_kind} (version unknown: {type(exc).__name__})"
+        return out

@@ -1,0 +1,1 @@
+"""The shipped scenario catalog: one YAML file per family, each a list of scenario specs."""

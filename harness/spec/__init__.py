@@ -1,0 +1,1 @@
+"""Scenario specs: a scenario as data (deployment, load, schedule, checks, expectation)."""
