@@ -297,10 +297,29 @@ def test_recovery_time_after_a_fault() -> None:
     assert r.in_flight == ["b", "c", "d"]
     assert r.recovered == ["b", "c"] and r.not_completed == ["d"]
     assert r.recovery_ns == after[4].mono_ns - fault.mono_ns
+    # c was only reserved, then started: not a redelivery; b's second start is one.
+    assert r.first_redelivery_ns == after[3].mono_ns - fault.mono_ns
     assert r.recovery_s == pytest.approx(r.recovery_ns / 1e9)
     assert r.model_dump(mode="json")["recovery_s"] == r.recovery_s
     assert recovery_time(h, fault.mono_ns) == r
     assert recovery_time(h, after[-1].mono_ns).recovery_ns is None
+
+
+def test_an_early_redelivery_shows_though_the_last_completion_is_late() -> None:
+    """The first redelivery bounds "nothing comes back before X", not the last completion."""
+    before = [*published("a"), *published("b"), rec(Kind.STARTED, "a"), rec(Kind.STARTED, "b")]
+    fault = rec(Kind.FAULT, name="kill_worker", phase="start")
+    h = History(records=[
+        *before,
+        fault,
+        rec(Kind.RECEIVED, "a"),  # back at once: an early redelivery
+        rec(Kind.SUCCEEDED, "a"),
+        rec(Kind.RECEIVED, "b"),
+        rec(Kind.SUCCEEDED, "b"),
+    ])
+    r = recovery_time(h, fault)
+    assert r.first_redelivery_ns is not None and r.recovery_ns is not None
+    assert r.first_redelivery_ns < r.recovery_ns
 
 
 def test_task_latencies() -> None:

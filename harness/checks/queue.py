@@ -310,6 +310,10 @@ class RecoveryTime(BaseModel):
     then. ``recovered``: those that completed after it. ``recovery_ns``: fault
     to the last such completion (``None`` if none completed). ``not_completed``:
     in-flight ids with no completion after the fault (lost, or still pending).
+    ``first_redelivery_ns``: fault to the first redelivery of an in-flight task (a
+    ``received``, or a ``started`` marked redelivered, after the fault): the bound a
+    "nothing comes back before the visibility timeout" claim is judged by, which the last
+    completion cannot show.
     """
 
     fault_mono_ns: int
@@ -317,6 +321,7 @@ class RecoveryTime(BaseModel):
     recovered: list[str] = Field(default_factory=list)
     not_completed: list[str] = Field(default_factory=list)
     recovery_ns: int | None = None
+    first_redelivery_ns: int | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -337,6 +342,7 @@ def recovery_time(history: History, fault: Record | int) -> RecoveryTime:
     seen: set[str] = set()
     done_before: set[str] = set()
     last_after: dict[str, int] = {}
+    first_again: dict[str, int] = {}
     for rec in history.records:
         tid = rec.task_id
         if tid is None:
@@ -347,18 +353,23 @@ def recovery_time(history: History, fault: Record | int) -> RecoveryTime:
                 seen.add(tid)
             elif terminal:
                 done_before.add(tid)
-        elif is_completion(rec):
+            continue
+        if is_completion(rec):
             last_after[tid] = max(rec.mono_ns, last_after.get(tid, rec.mono_ns))
+        elif rec.kind is Kind.RECEIVED or (rec.kind is Kind.STARTED and rec.redelivered):
+            first_again.setdefault(tid, rec.mono_ns)
     in_flight = sorted(seen - done_before)
     recovered = [t for t in in_flight if t in last_after]
     not_completed = [t for t in in_flight if t not in last_after]
     end = max((last_after[t] for t in recovered), default=None)
+    again = min((first_again[t] for t in in_flight if t in first_again), default=None)
     return RecoveryTime(
         fault_mono_ns=t0,
         in_flight=in_flight,
         recovered=recovered,
         not_completed=not_completed,
         recovery_ns=None if end is None else end - t0,
+        first_redelivery_ns=None if again is None else again - t0,
     )
 
 
