@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "scenarios" / "test_beat.py"
 
 
+
+def _scenario_name(test: str) -> str:
+    """``test_beat[one_beat_fires_every_tick_once]`` -> the catalog name in brackets."""
+    return test.split("[", 1)[1][:-1] if test.endswith("]") and "[" in test else test
+
 def run_once(expr: str | None) -> tuple[list[dict[str, Any]], dict[str, float], int, float]:
     """Run the beat scenarios; return their results, pytest times, exit code, total wall s."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,7 +50,7 @@ def run_once(expr: str | None) -> tuple[list[dict[str, Any]], dict[str, float], 
         times: dict[str, float] = defaultdict(float)
         if junit.exists():
             for tc in ET.parse(junit).iter("testcase"):
-                times[tc.get("name", "")] += float(tc.get("time", 0))
+                times[_scenario_name(tc.get("name", ""))] += float(tc.get("time", 0))
         if proc.returncode != 0:
             print(proc.stdout[-3000:], file=sys.stderr)
         return results, times, proc.returncode, total

@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 FILES = ("test_time_limits.py", "test_retries.py", "test_broker_restart.py")
 
 
+
+def _scenario_name(test: str) -> str:
+    """``test_beat[one_beat_fires_every_tick_once]`` -> the catalog name in brackets."""
+    return test.split("[", 1)[1][:-1] if test.endswith("]") and "[" in test else test
+
 def run(reports: Path, select: str | None) -> tuple[int, float, Path]:
     """Run the scenarios; return (pytest exit code, total seconds, junit path)."""
     junit = reports / "junit.xml"
@@ -48,7 +53,7 @@ def pytest_times(junit: Path) -> dict[str, float]:
     times: dict[str, float] = defaultdict(float)
     if junit.exists():
         for case in ET.parse(junit).iter("testcase"):
-            times[case.get("name", "")] += float(case.get("time", 0))
+            times[_scenario_name(case.get("name", ""))] += float(case.get("time", 0))
     return times
 
 

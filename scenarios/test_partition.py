@@ -8,8 +8,8 @@ the connection drop at the heal at the latest. Measured on RabbitMQ 3.10 / Redis
 Celery 5.7.0, kombu 5.7.0, py-amqp 5.4.2 (docs/network.md):
 
 - RabbitMQ, ``broker_heartbeat=4``: workers notice a blackhole after ~9 s (missed
-  heartbeats, then RabbitMQ closes the link), retry, and consume again within ~1 s of the
-  heal; acks_late tasks lose nothing (a few run twice);
+  heartbeats, then RabbitMQ closes the link), retry, and consume again 0.4-4.4 s after
+  the heal (docs/network.md); acks_late tasks lose nothing (a few run twice);
 - Redis, workers' links: the message a pending BRPOP pops while the link is blackholed is
   lost (one per consuming connection), with or without socket timeouts: acks_late cannot
   help, kombu records the unacked entry only when the reply arrives. Workers notice nothing

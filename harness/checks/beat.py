@@ -31,7 +31,7 @@ from harness.history.recorder import short_repr
 from harness.history.schema import Kind, Record
 from harness.history.store import History
 
-#: ``deployment`` record names the harness writes (harness/deployment/beat.py).
+#: ``deployment`` record names the harness writes (``Scenario.start_beats``/``stop_beats``).
 SCHEDULE_RECORD = "beat_schedule"
 BEAT_STARTED = "beat_started"
 BEAT_READY = "beat_ready"

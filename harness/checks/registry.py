@@ -13,7 +13,13 @@ from typing import Any
 from harness.checks.beat import beat_checker
 from harness.checks.hung import no_hung_tasks
 from harness.checks.liveness import publish_bounded, resume_consuming
-from harness.checks.retries import Expected, policy_from_json, retry_policy
+from harness.checks.retries import (
+    DEFAULT_TOLERANCE_S,
+    NAME,
+    Expected,
+    policy_from_json,
+    retry_policy,
+)
 from harness.checks.verdict import Checker
 
 
@@ -21,8 +27,8 @@ def _retry_policy(params: dict[str, Any]) -> Checker:
     return retry_policy(
         *(policy_from_json(p) for p in params["policies"]),
         expect={k: Expected(**v) for k, v in params.get("expect", {}).items()} or None,
-        tolerance_s=params["tolerance_s"],
-        name=params["name"],
+        tolerance_s=params.get("tolerance_s", DEFAULT_TOLERANCE_S),
+        name=params.get("name", NAME),
     )
 
 

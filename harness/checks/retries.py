@@ -39,6 +39,8 @@ from harness.history.schema import Kind, Record
 from harness.history.store import History
 
 NAME = "retry_policy"
+#: Seconds a retry may start before its countdown (clock reads, scheduling).
+DEFAULT_TOLERANCE_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def check_retries(
     policies: Iterable[RetryPolicy],
     *,
     expect: Mapping[str, Expected] | None = None,
-    tolerance_s: float = 0.25,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
     name: str = NAME,
 ) -> InvariantResult:
     """Check every task id of a declared task name against its policy (see module doc)."""
@@ -292,7 +294,7 @@ def check_retries(
 def retry_policy(
     *policies: RetryPolicy,
     expect: Mapping[str, Expected] | None = None,
-    tolerance_s: float = 0.25,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
     name: str = NAME,
 ) -> Checker:
     """A :data:`~harness.checks.verdict.Checker` for ``Scenario.check(invariants=[...])``."""
@@ -324,4 +326,5 @@ def policy_from_json(data: dict[str, Any]) -> RetryPolicy:
     countdown = dict(data["countdown"])
     kind = countdown.pop("kind")
     cd: Fixed | Backoff = Fixed(**countdown) if kind == "fixed" else Backoff(**countdown)
-    return RetryPolicy(data["task_name"], cd, data.get("max_retries"))
+    # A missing max_retries is the dataclass's default (3), as in Python; null is no limit.
+    return RetryPolicy(data["task_name"], cd, data.get("max_retries", 3))
