@@ -113,7 +113,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "chaos: an end-to-end chaos scenario on real brokers and workers"
     )
+    config.addinivalue_line(
+        "markers", "negative_control: a scenario spec that declares `expect: invalid`"
+    )
+    config.addinivalue_line("markers", "slow: a scenario on a slow real timer")
     config._chaos = ChaosSession(config)  # type: ignore[attr-defined]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark items parametrized with a spec: ``negative_control`` for ``expect: invalid``, and
+    the spec's own ``marks`` (``slow``), so ``-m negative_control`` selects every control."""
+    for item in items:
+        spec = getattr(getattr(item, "callspec", None), "params", {}).get("spec")
+        if spec is None or not hasattr(spec, "expect"):
+            continue
+        if spec.expect == "invalid":
+            item.add_marker("negative_control")
+        for mark in getattr(spec, "marks", []):
+            item.add_marker(mark)
 
 
 def _session(config: pytest.Config) -> ChaosSession:
