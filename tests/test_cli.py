@@ -315,3 +315,19 @@ def test_replay_needs_a_stored_spec(tmp_path: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err.strip()
     assert "expect: Input should be 'valid' or 'invalid'" in err and "\n" not in err, err
     assert main(["replay"]) == 2
+
+
+def test_run_outside_a_checkout_collects_the_packaged_catalog(tmp_path: Path) -> None:
+    """From a directory without scenarios/, `run` collects the catalog shipped in the package;
+    `-k` selects by catalog name (collection only: no scenario runs here)."""
+    exe = Path(sys.executable).parent / "celery-chaos"
+    proc = subprocess.run(
+        [str(exe), "run", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "-k", "rabbitmq_acks_late_survives_kill and main"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "harness/catalog/test_catalog.py::test_catalog[rabbitmq_acks_late_survives_kill-main]" \
+        in proc.stdout, proc.stdout
+    assert "1/" in proc.stdout and not (tmp_path / "reports").exists()

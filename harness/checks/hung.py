@@ -29,8 +29,6 @@ from harness.history.store import History
 
 NAME = "no_hung_task"
 
-#: Records that end a run of their task id.
-END_KINDS = frozenset({Kind.SUCCEEDED, Kind.FAILED, Kind.RETRIED, Kind.REVOKED, Kind.REJECTED})
 #: Faults that kill the process (``detail.pid``) a run lives in.
 KILL_FAULTS = frozenset({"kill_worker", "kill_pool_child"})
 #: How many hung runs a problem list names one by one.
@@ -96,7 +94,7 @@ def task_runs(history: History) -> list[Run]:
             run = Run(rec)
             runs.append(run)
             open_runs[tid] = run
-        elif rec.kind in END_KINDS and tid is not None:
+        elif rec.ends_run and tid is not None:
             run = open_runs.pop(tid, None)
             if run is not None:
                 run.end_ns, run.ended_by = rec.mono_ns, _ending(rec)

@@ -23,7 +23,6 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, Field
 
-from harness.checks.queue import is_completion
 from harness.checks.verdict import Checker, InvariantResult, Verdict, with_spec
 from harness.history.schema import WORKER_KINDS, Kind, Record
 from harness.history.store import History
@@ -34,7 +33,6 @@ S = 1_000_000_000
 
 #: Task records a worker (main process or pool child) writes: each one is activity.
 _ACTIVITY = WORKER_KINDS
-_RUN_ENDS = frozenset({Kind.SUCCEEDED, Kind.FAILED, Kind.RETRIED, Kind.REVOKED, Kind.REJECTED})
 #: Faults during which a worker is not expected to consume (it is dead or frozen).
 _DOWN_FAULTS = frozenset({"kill_worker", "pause_worker"})
 _OUTCOMES = frozenset({Kind.OK, Kind.FAIL, Kind.INFO})
@@ -167,7 +165,7 @@ def _worker_events(history: History) -> dict[str, list[tuple[int, str]]]:
             if rec.kind is Kind.STARTED and tid not in runs:
                 runs.add(tid)
                 ev.append((rec.mono_ns, "run+"))
-            elif rec.kind in _RUN_ENDS and tid in runs:
+            elif rec.ends_run and tid in runs:
                 runs.discard(tid)
                 ev.append((rec.mono_ns, "run-"))
     return events
@@ -449,7 +447,7 @@ def heal_to_full_throughput(
     if heal is None:
         found = heals(history)
         heal = found[-1] if found else None
-    completions = sorted(r.mono_ns for r in history.records if is_completion(r))
+    completions = sorted(r.mono_ns for r in history.records if r.is_completion)
     empty = ThroughputRecovery(
         baseline_per_s=None,
         during_per_s=None,
@@ -508,7 +506,7 @@ def end_to_end_latencies(
             continue
         if rec.kind is Kind.INVOKE and tid not in first_invoke:
             first_invoke[tid] = rec.mono_ns
-        elif is_completion(rec) and tid not in done:
+        elif rec.is_completion and tid not in done:
             done[tid] = rec.mono_ns
     hi = until_ns if until_ns is not None else 1 << 62
     return [done[t] - t0 for t, t0 in first_invoke.items() if since_ns <= t0 < hi and t in done]

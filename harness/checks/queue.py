@@ -80,8 +80,8 @@ class QueueCheckResult(BaseModel):
 
 
 def is_completion(rec: Record) -> bool:
-    """A terminal execution: ``succeeded``, or ``failed`` other than a drop (``is_dropped``)."""
-    return rec.kind is Kind.SUCCEEDED or (rec.kind is Kind.FAILED and not rec.is_dropped)
+    """A terminal execution: :attr:`Record.is_completion`."""
+    return rec.is_completion
 
 
 def _drain_of(last: Record | None) -> DrainState:
@@ -347,7 +347,7 @@ def recovery_time(history: History, fault: Record | int) -> RecoveryTime:
         tid = rec.task_id
         if tid is None:
             continue
-        terminal = is_completion(rec) or rec.kind in (Kind.REVOKED, Kind.REJECTED)
+        terminal = rec.is_terminal
         if rec.mono_ns <= t0:
             if rec.kind in (Kind.RECEIVED, Kind.STARTED):
                 seen.add(tid)

@@ -23,9 +23,6 @@ from harness.history.reader import HistoryTail, TailCursor
 from harness.history.schema import Kind, Record
 from harness.history.store import HistoryWriter
 
-#: Records after which a task id is done (a worker-lost failure may still be redelivered).
-_TERMINAL = {Kind.SUCCEEDED, Kind.FAILED, Kind.REVOKED, Kind.REJECTED}
-
 
 @dataclass
 class DrainResult:
@@ -65,7 +62,7 @@ class DrainState:
                 self.acked.add(rec.task_id)
                 if rec.task_id not in self.done:
                     self.outstanding.add(rec.task_id)
-            elif rec.kind in _TERMINAL and not rec.is_dropped:
+            elif rec.is_terminal:
                 self.done.add(rec.task_id)
                 self.outstanding.discard(rec.task_id)
             if rec.role == "worker":

@@ -411,11 +411,9 @@ class ScheduleRun:
         return bool(recs) and time.monotonic_ns() - recs[-1].mono_ns >= quiet_s * 1e9
 
     def _all_completed(self) -> bool:
-        from harness.checks.queue import is_completion
-
         recs: list[Record] = self.dep.history()
         acked = {r.task_id for r in recs if r.kind is Kind.OK}
-        return acked <= {r.task_id for r in recs if is_completion(r)}
+        return acked <= {r.task_id for r in recs if r.is_completion}
 
     # running ------------------------------------------------------------------------------
 

@@ -124,6 +124,30 @@ class Record(BaseModel):
         """True for a failure after which the task is gone without an outcome (see DROPPED_EXC)."""
         return self.kind is Kind.FAILED and (self.exc_type or "") in DROPPED_EXC
 
+    # The one definition of "a task ended", in its two senses.
+
+    @property
+    def ends_run(self) -> bool:
+        """This run of the task on a worker is over (the process no longer runs it): it
+        succeeded, failed, was retried (a new message follows), revoked or rejected."""
+        return self.kind in RUN_END_KINDS
+
+    @property
+    def is_completion(self) -> bool:
+        """The task ran to an outcome: ``succeeded``, or ``failed`` other than a drop."""
+        return self.kind is Kind.SUCCEEDED or (self.kind is Kind.FAILED and not self.is_dropped)
+
+    @property
+    def is_terminal(self) -> bool:
+        """Nothing more will come of the task: a completion, or revoked or rejected."""
+        return self.is_completion or self.kind in (Kind.REVOKED, Kind.REJECTED)
+
+
+#: Records that end one run of a task on a worker (:attr:`Record.ends_run`).
+RUN_END_KINDS = frozenset(
+    {Kind.SUCCEEDED, Kind.FAILED, Kind.RETRIED, Kind.REVOKED, Kind.REJECTED}
+)
+
 
 class SchemaVersionError(ValueError):
     """A history record this celery-chaos cannot read: a newer schema, or not a record."""
