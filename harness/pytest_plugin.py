@@ -145,7 +145,6 @@ def chaos_session(request: pytest.FixtureRequest) -> Iterator[ChaosSession]:
     from harness.runner.app import AppUnderTest
 
     sess = _session(request.config)
-    run_dir = sess.ensure_run_dir()
     wl_path = request.config.getoption("chaos_workload")
     app_spec = request.config.getoption("chaos_app")
     if not wl_path and app_spec != DEFAULT_APP:
@@ -154,11 +153,12 @@ def chaos_session(request: pytest.FixtureRequest) -> Iterator[ChaosSession]:
             "(a list of {name, args, kwargs, queue, weight})",
             returncode=2,
         )
-    try:
+    try:  # the app imports and registers every task the workload names, before anything starts
         workload = load_workload(wl_path or DEFAULT_WORKLOAD)
         sess.app = AppUnderTest.resolve(app_spec, workload)
     except ChaosError as exc:
         pytest.exit(f"celery-chaos: {exc}", returncode=2)
+    run_dir = sess.ensure_run_dir()
     folder = f"brokers-{sess.worker_id}" if sess.worker_id else "brokers"
     sess.brokers = SharedBrokers(run_dir, folder)
     try:

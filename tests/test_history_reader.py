@@ -22,6 +22,8 @@ def _same(tail: History, full: History) -> None:
     assert tail.records == full.records
     assert tail.files == full.files
     assert tail.torn_lines == full.torn_lines
+    assert tail.unreadable_lines == full.unreadable_lines
+    assert (tail.torn_at, tail.unreadable_at) == (full.torn_at, full.unreadable_at)
 
 
 def _line(mono: int, wall: int = 0, host: str = "h", **fields: object) -> bytes:
@@ -80,18 +82,40 @@ def test_torn_lines_and_a_killed_writers_last_line(tmp_path: Path) -> None:
     w = HistoryWriter(tmp_path, "worker", "w1@chaos")
     w.write(Kind.STARTED, task_id="a")
     with w.path.open("ab") as fh:
-        fh.write(b"[1, 2]\nnot json\n\n")  # complete lines, not JSON objects: torn
+        fh.write(b"[1, 2]\nnot json\n\n")  # not JSON objects, records after: unreadable
     w.write(Kind.SUCCEEDED, task_id="a")
     w.close()
     whole = w.path.read_bytes()
     w.path.write_bytes(whole + whole[:23])  # SIGKILL mid-write: no newline, never completed
     tail = HistoryTail(tmp_path)
     h = tail.history()
-    assert [r.kind for r in h] == [Kind.STARTED, Kind.SUCCEEDED] and h.torn_lines == 2
+    assert [r.kind for r in h] == [Kind.STARTED, Kind.SUCCEEDED]
+    assert (h.torn_lines, h.unreadable_lines) == (0, 2)
+    assert h.unreadable_at == [f"{w.path.name}:2", f"{w.path.name}:3"]
     full = read_history(tmp_path)
-    assert full.torn_lines == 3
+    assert (full.torn_lines, full.unreadable_lines) == (1, 2)
+    assert full.torn_at == [f"{w.path.name}:6"]
     _same(tail.history(include_partial=True), full)
-    assert tail.history().torn_lines == 2  # the partial line is still not consumed
+    assert tail.history().torn_lines == 0  # the partial line is still not consumed
+
+
+def test_a_torn_line_that_gets_a_line_end_becomes_unreadable(tmp_path: Path) -> None:
+    """A torn last line (no line end) is noted; once a record is appended to it (its writer's
+    pid reused) the line holds a lost record: unreadable, as read_history says."""
+    path = tmp_path / "worker-w1-1.jsonl"
+    path.write_bytes(_line(1) + _line(2)[:9])
+    tail = HistoryTail(tmp_path)
+    h = tail.history()
+    assert (h.torn_lines, h.unreadable_lines) == (0, 0)  # the partial line is not read yet
+    h = tail.history(include_partial=True)
+    assert (h.torn_lines, h.unreadable_lines, h.torn_at) == (1, 0, [f"{path.name}:2"])
+    with path.open("ab") as fh:
+        fh.write(_line(3) + _line(4) + _line(5)[:9])  # line 2 ends; a record; mid-write
+    h = tail.history(include_partial=True)
+    assert (h.torn_lines, h.unreadable_lines) == (1, 1)
+    assert (h.unreadable_at, h.torn_at) == ([f"{path.name}:2"], [f"{path.name}:4"])
+    _same(h, read_history(tmp_path))
+    assert [r.mono_ns for r in h] == [1, 4]  # record 3 is lost in line 2
 
 
 def test_a_last_line_missing_only_its_newline_counts_as_read_history_does(tmp_path: Path) -> None:
@@ -120,7 +144,7 @@ def test_a_file_rewritten_shorter_is_read_again(tmp_path: Path) -> None:
     path = tmp_path / "worker-a-1.jsonl"
     path.write_bytes(_line(1) + _line(2) + b"junk\n")
     tail = HistoryTail(tmp_path)
-    assert len(tail.records()) == 2 and tail.history().torn_lines == 1
+    assert len(tail.records()) == 2 and tail.history().unreadable_lines == 1
     path.write_bytes(_line(3))
     _same(tail.history(), read_history(tmp_path))
     path.unlink()
@@ -298,3 +322,32 @@ def test_records_are_json_lines_of_the_writer(tmp_path: Path) -> None:
     (rec,) = HistoryTail(tmp_path).records()
     assert rec == Record.model_validate(json.loads(json.dumps(written)))
     assert rec.model_extra == {"custom": "kept"}
+
+
+def test_a_live_check_is_never_valid_with_unreadable_lines(tmp_path: Path) -> None:
+    """``Scenario.check`` judges ``tail.history(include_partial=True)``: the same rule as
+    ``celery-chaos analyze``, one place (``check_history``)."""
+    from harness.checks.verdict import HISTORY_COMPLETE, Verdict, check_history
+
+    pub = HistoryWriter(tmp_path, "publisher", "publisher")
+    pub.write(Kind.INVOKE, task_id="a")
+    pub.write(Kind.OK, task_id="a")
+    w = HistoryWriter(tmp_path, "worker", "w1@chaos")
+    w.write(Kind.STARTED, task_id="a")
+    w.write(Kind.SUCCEEDED, task_id="a")
+    HistoryWriter(tmp_path, "harness", "harness").write(Kind.DRAIN, detail={"complete": True})
+    tail = HistoryTail(tmp_path)
+    assert [r.verdict for r in check_history(tail.history(include_partial=True))] == [
+        Verdict.VALID
+    ]
+    with w.path.open("ab") as fh:
+        fh.write(b'{"v": 1, "ki')  # torn last line: noted, still valid
+    h = tail.history(include_partial=True)
+    assert h.torn_lines == 1 and Verdict.combine(r.verdict for r in check_history(h)) == "valid"
+    w.write(Kind.STARTED, task_id="b")  # the torn line is now in the middle: unreadable
+    results = check_history(tail.history(include_partial=True))
+    assert [r.name for r in results] == ["queue", HISTORY_COMPLETE]
+    assert results[1].verdict is Verdict.UNKNOWN
+    assert f"({w.path.name}:3)" in results[1].problems[0]
+    assert results[1].summary == {"torn": 0, "unreadable": 1, "torn_at": [],
+                                  "unreadable_at": [f"{w.path.name}:3"]}

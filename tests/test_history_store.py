@@ -55,8 +55,8 @@ def test_torn_last_line_is_skipped_and_counted(tmp_path: Path) -> None:
 
 def test_blank_lines_are_not_torn() -> None:
     line = json.dumps({"kind": "ok", "wall_ns": 1, "mono_ns": 1, "pid": 1, "host": "h"})
-    records, torn = parse_lines(["\n", line + "\n", "   \n"])
-    assert len(records) == 1 and torn == 0
+    records, scan = parse_lines(["\n", line + "\n", "   \n"])
+    assert len(records) == 1 and scan.bad == 0 and scan.lines == 3 and not scan.open_end
 
 
 def test_files_are_merged_in_monotonic_order(tmp_path: Path) -> None:
@@ -139,10 +139,11 @@ def test_a_line_that_is_not_a_json_object_counts_as_torn(tmp_path: Path) -> None
     writer = HistoryWriter(tmp_path, "worker", "w1@chaos")
     writer.write(Kind.STARTED, task_id="t1", task_name="x")
     with writer.path.open("a") as fh:
-        fh.write("[1, 2]\n")
+        fh.write("[1, 2]")  # a last line without its end
     history = read_history(tmp_path)
     raws, files, torn = read_raw(tmp_path)
-    assert len(history) == 1 and history.torn_lines == 1
+    assert len(history) == 1 and history.torn_lines == 1 and history.unreadable_lines == 0
+    assert history.torn_at == [f"{writer.path.name}:2"]
     assert len(raws) == 1 and torn == 1 and files == [writer.path]
 
 
@@ -156,3 +157,49 @@ def test_decode_lines_splits_as_a_text_mode_read(tmp_path: Path) -> None:
     with path.open(encoding="utf-8", errors="replace") as fh:
         expected = [line.rstrip("\n") for line in fh]
     assert [x for x in decode_lines(data) if x] == [x for x in expected if x]
+
+
+def test_a_bad_line_before_the_end_of_a_file_is_unreadable(tmp_path: Path) -> None:
+    """Only a file's last line can be torn by a writer killed mid-write; a bad line with
+    records after it is a line lost in the middle: unreadable, with its file and number."""
+    from harness.history.store import read_raw
+
+    writer = HistoryWriter(tmp_path, "worker", "w1@chaos")
+    writer.write(Kind.STARTED, task_id="t1")
+    with writer.path.open("a") as fh:
+        fh.write('{"kind": "succ\n\n')  # line 2 garbled, line 3 blank
+    writer.write(Kind.STARTED, task_id="t2")  # line 4
+    writer.close()
+    with writer.path.open("a") as fh:
+        fh.write('{"v": 1, "kind": "succ')  # line 5: SIGKILL mid-write
+    other = HistoryWriter(tmp_path, "publisher", "publisher")
+    other.write(Kind.OK, task_id="t1")
+    with other.path.open("a") as fh:
+        fh.write('{"v": 1, "kind": "o')  # torn, then a record appended to it (a pid reused)
+    other.write(Kind.OK, task_id="t3")  # line 2: with its line end, lost: unreadable
+    other.close()
+    with other.path.open("a") as fh:
+        fh.write("\n  \n")
+    h = read_history(tmp_path)
+    assert sorted(r.task_id or "" for r in h) == ["t1", "t1", "t2"]
+    assert (h.torn_lines, h.unreadable_lines) == (1, 2)
+    assert h.unreadable_at == [f"{other.path.name}:2", f"{writer.path.name}:2"]
+    assert h.torn_at == [f"{writer.path.name}:5"]
+    assert h.skipped().model_dump() == {
+        "torn": 1, "unreadable": 2, "torn_at": h.torn_at, "unreadable_at": h.unreadable_at
+    }
+    assert read_raw(tmp_path)[2] == 3  # the raw reader counts every skipped line
+
+
+def test_unreadable_places_are_capped(tmp_path: Path) -> None:
+    from harness.history.store import LINES_SHOWN
+
+    path = tmp_path / "worker-w1-1.jsonl"
+    path.write_text("junk\n" * (LINES_SHOWN + 5) + "last junk")
+    h = read_history(tmp_path)
+    assert (h.torn_lines, h.unreadable_lines) == (1, LINES_SHOWN + 5)
+    assert h.unreadable_at == [f"{path.name}:{n}" for n in range(1, LINES_SHOWN + 1)]
+    assert h.torn_at == [f"{path.name}:{LINES_SHOWN + 6}"]
+    described = h.skipped().describe()
+    assert f"{LINES_SHOWN + 5} unreadable lines" in described and "+5 more" in described
+    assert described.startswith(f"1 torn last line ({path.name}:{LINES_SHOWN + 6})")

@@ -159,6 +159,28 @@ def test_runs_index_newest_first_and_matrix(tmp_path: Path) -> None:
     assert "worker killed (SIGKILL)" in matrix and "negative control" in matrix
 
 
+def test_runs_index_lists_interrupted_runs(tmp_path: Path) -> None:
+    """A run killed by SIGKILL leaves scenarios and no verdict.json: listed as interrupted,
+    never left out (nor in the matrix, which needs verdicts)."""
+    from harness.report.html import interrupted_runs
+
+    done, _ = make_run(tmp_path, {"a": SyntheticSpec(acks_late=True)})
+    killed = tmp_path / "20300101T000000Z-dead01"
+    (killed / "scenarios" / "x" / "history").mkdir(parents=True)
+    (killed / "scenarios" / "y").mkdir()
+    (tmp_path / "20300101T000001Z-empty1" / "scenarios").mkdir(parents=True)  # none started
+    write_site(tmp_path)
+    index = (tmp_path / "index.html").read_text()
+    assert ">INTERRUPTED</span>" in index and f'href="{killed.name}/scenarios/"' in index
+    assert index.index(killed.name) < index.index(done.name)  # newest first
+    assert "empty1" not in index and done.name not in [r.run_id for r in
+                                                       interrupted_runs(tmp_path)]
+    (row,) = interrupted_runs(tmp_path)
+    assert (row.run_id, row.started, row.scenarios, row.kind) == (
+        killed.name, "2030-01-01T00:00:00+00:00", 2, "scenarios"
+    )
+
+
 def test_report_survives_a_missing_history(tmp_path: Path) -> None:
     run_dir = tmp_path / "20260101T000000Z-abcdef"
     run_dir.mkdir()
@@ -261,3 +283,59 @@ def test_ids_named_by_another_invariant_get_their_history(tmp_path: Path) -> Non
     assert "Named by beat: 1" in page
     assert f'<span class="mono">{task_id}</span> &mdash;' in page  # its full history
     assert "No anomaly" not in page
+
+
+def _duplicated_scenario(name: str, exactly_once: bool, vt: int) -> ScenarioResult:
+    """A Redis scenario whose one task completed twice (a redelivery), judged for real."""
+    from harness.checks.verdict import check_history
+    from harness.history.schema import Kind, Record
+    from harness.history.store import History
+
+    tid = "0f0e0d0c-0000-4000-8000-000000000001"
+    mono = iter(range(1_000, 10**9, 1_000))
+
+    def rec(kind: Kind, role: str = "worker", **fields: object) -> Record:
+        return Record(kind=kind, wall_ns=0, mono_ns=next(mono), pid=1, host=role, role=role,
+                      **fields)  # type: ignore[arg-type]
+
+    history = History(records=[
+        rec(Kind.INVOKE, "publisher", task_id=tid), rec(Kind.OK, "publisher", task_id=tid),
+        rec(Kind.STARTED, task_id=tid), rec(Kind.STARTED, task_id=tid, redelivered=True),
+        rec(Kind.SUCCEEDED, task_id=tid), rec(Kind.SUCCEEDED, task_id=tid),
+        rec(Kind.DRAIN, "harness", detail={"complete": True}),
+    ])
+    invariants = check_history(history, exactly_once=exactly_once)
+    verdict = Verdict.combine(i.verdict for i in invariants)
+    return ScenarioResult(
+        name=name, broker="redis", verdict=verdict, expect=verdict.value, checked=True,
+        invariants=invariants, deployment={"broker": "redis"},
+        settings={"task_acks_late": True,
+                  "broker_transport_options": {"visibility_timeout": vt}},
+    )
+
+
+def test_duplicates_are_a_violation_when_exactly_once_is_required(tmp_path: Path) -> None:
+    run_dir = tmp_path / "20260101T000000Z-abcdef"
+    run_dir.mkdir()
+    required = _duplicated_scenario("twice_required", exactly_once=True, vt=2)
+    allowed = _duplicated_scenario("twice_allowed", exactly_once=False, vt=3)
+    assert required.verdict is Verdict.INVALID and allowed.verdict is Verdict.VALID
+    run = RunVerdict(run_id=run_dir.name, started="2026-01-01T00:00:00+00:00",
+                     verdict=Verdict.INVALID, as_expected=True, exit_code=0,
+                     scenarios=[required, allowed])
+    (run_dir / "verdict.json").write_text(run.model_dump_json())
+    html = write_index(run_dir, run).read_text()
+    # the sentence, the invariant's line, the headline cell and the open class of ids
+    assert "1 task(s) ran more than once, and exactly once was required" in html
+    assert html.count("exactly once required</td>") == 1  # only the scenario requiring it
+    assert '<td class="num bad">1</td>' in html
+    assert "<details open><summary>Duplicated: completed more than once (exactly once " \
+           "required): 1</summary>" in html
+    assert "completed (1 more than once)" in html  # allowed: a note, not a violation
+    cells = {c["settings"]["visibility timeout"]: c
+             for c in dump_matrix(build_matrix(load_runs(tmp_path)[0]))}
+    assert cells["2"]["exactly_once"] and cells["2"]["duplicated"] == 1
+    assert not cells["3"]["exactly_once"] and cells["3"]["duplicated"] == 1
+    matrix = (tmp_path / "matrix.html").read_text()
+    assert '<strong class="dup">exactly once required: 1 duplicated</strong>' in matrix
+    assert matrix.count("exactly once required:") == 1

@@ -2,7 +2,10 @@
 
 Each invariant checker returns an :class:`InvariantResult`; :func:`check_history`
 runs them all. The overall verdict is :meth:`Verdict.combine` of theirs:
-``invalid`` beats ``unknown`` beats ``valid``.
+``invalid`` beats ``unknown`` beats ``valid``. A history with unreadable lines (not a record,
+and not the torn last line of a file) adds :data:`HISTORY_COMPLETE`, ``unknown``: a lost line
+can hide a lost task, so the run is never ``valid``, while a violation found in the lines
+that were read still makes it ``invalid``.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ def overall(results: Iterable[InvariantResult]) -> Verdict:
 
 #: The name of the queue invariant's result (:func:`check_history` always runs it first).
 QUEUE = "queue"
+#: The invariant :func:`check_history` adds when lines of the history were unreadable.
+HISTORY_COMPLETE = "history_complete"
 
 #: An invariant: a pure function from a history to its result.
 Checker = Callable[[History], InvariantResult]
@@ -96,10 +101,32 @@ def spec_of(checker: Checker) -> dict[str, Any] | None:
     return getattr(checker, SPEC_ATTR, None)
 
 
+def check_complete(history: History) -> InvariantResult | None:
+    """``unknown`` when lines of the history were unreadable (a lost line may have been the
+    record of a lost task); None when every line but the torn last line of a file (a writer
+    killed mid-write, expected after SIGKILL) was a record."""
+    if not history.unreadable_lines:
+        return None
+    skipped = history.skipped()
+    n, places = skipped.unreadable, skipped.unreadable_at
+    more = f", +{n - len(places)} more" if n > len(places) else ""
+    return InvariantResult(
+        name=HISTORY_COMPLETE,
+        verdict=Verdict.UNKNOWN,
+        summary=skipped.model_dump(mode="json"),
+        problems=[
+            f"{n} unreadable history line{'' if n == 1 else 's'} ({', '.join(places)}{more}): "
+            "not a record, nor a writer's torn last line; a lost line may hide a lost task, "
+            "so the history cannot prove the run valid"
+        ],
+    )
+
+
 def check_history(
     history: History, *, exactly_once: bool = False, extra: Iterable[Checker] = ()
 ) -> list[InvariantResult]:
-    """Run the queue invariant, then every ``extra`` invariant a scenario declares."""
+    """Run the queue invariant, then every ``extra`` invariant a scenario declares, then
+    :func:`check_complete` when lines of the history were unreadable."""
     queue = check_queue(history, exactly_once=exactly_once)
     results = [
         InvariantResult(
@@ -110,4 +137,7 @@ def check_history(
         )
     ]
     results.extend(check(history) for check in extra)
+    complete = check_complete(history)
+    if complete is not None:
+        results.append(complete)
     return results

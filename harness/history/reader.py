@@ -5,8 +5,10 @@ and the drain look at the history every 50-250 ms, so they use a :class:`History
 instead. It keeps, per ``*.jsonl`` file, the byte offset after the last complete line; a
 line without its trailing newline is a record still being written and waits for a later
 poll. Parsing and validation are the store's own (:func:`~harness.history.store.parse_raw`,
-:func:`~harness.history.store.validate_raws`), so a tail and ``read_history`` give the same
-records in the same order.
+:func:`~harness.history.store.validate_raws`), and each file's
+:class:`~harness.history.store.LineScan` goes on from where it stopped, so a tail and
+``read_history`` give the same records in the same order, and the same torn and unreadable
+lines.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import bisect
 import heapq
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from operator import itemgetter
 from pathlib import Path
 
 from harness.history.schema import Record
-from harness.history.store import History, decode_lines, parse_raw, validate_raws
+from harness.history.store import History, LineScan, decode_lines, parse_raw, validate_raws
 
 #: Sort key of a record: ``(mono_ns, wall_ns, file name, index in the file)``, the order
 #: ``read_history`` gives (a stable sort by time of the files' records in name order).
@@ -38,7 +40,7 @@ class _File:
     size: int = 0  # bytes seen at the last read (offset + the partial line)
     partial: bytes = b""  # the unterminated last line, if any
     count: int = 0  # records taken from the file so far
-    torn: int = 0  # complete lines that were not a JSON object
+    scan: LineScan = field(default_factory=LineScan)  # the complete lines read so far
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,6 @@ class HistoryTail:
         self._arrivals: list[Record] = []
         self._epoch = 0
         self._polled = TailCursor(0, 0)  # poll()'s own cursor
-        self._torn = 0
 
     # -- public ----------------------------------------------------------------------------
 
@@ -92,21 +93,22 @@ class HistoryTail:
             return list(self._records)
 
     def history(self, *, include_partial: bool = False) -> History:
-        """Read what was appended, then everything so far as a :class:`History` (with files
-        and torn lines).
+        """Read what was appended, then everything so far as a :class:`History` (with files,
+        torn and unreadable lines, as far as the complete lines tell).
 
         ``include_partial``: also read each file's unterminated last line as
-        ``read_history`` does (a record if it parses, else one torn line) without consuming
+        ``read_history`` does (a record if it parses, else a torn line) without consuming
         it; for the final look once the writers have stopped, when the result must equal
         ``read_history`` exactly.
         """
         with self._lock:
             self._read()
-            records, torn = list(self._records), self._torn
-            files = sorted(f.path for f in self._files.values())
+            records = list(self._records)
+            states = sorted(self._files.values(), key=lambda f: f.path.name)
+            scans = [(f.path.name, f.scan) for f in states]
             if include_partial:
-                records, torn = self._with_partials(records, torn)
-            return History(records=records, files=files, torn_lines=torn)
+                records, scans = self._with_partials(records, states)
+            return History.of(records, [f.path for f in states], scans)
 
     def since(self, cursor: TailCursor | None = None) -> tuple[list[Record], TailCursor, bool]:
         """Read what was appended, then the records read after ``cursor`` (by any call).
@@ -142,7 +144,7 @@ class HistoryTail:
         """Read every file from where it stopped; merge the new records in."""
         if not self.directory.is_dir():
             raise FileNotFoundError(f"no history directory at {self.directory}")
-        reads: list[tuple[_File, int, int, bytes, list[Record], int, bool]] = []
+        reads: list[tuple[_File, int, int, bytes, list[Record], LineScan, bool]] = []
         paths = sorted(self.directory.glob("*.jsonl"))
         gone = self._files.keys() - {p.name for p in paths}
         for path in paths:
@@ -160,14 +162,14 @@ class HistoryTail:
                 fh.seek(state.offset)
                 data = fh.read()
             end = data.rfind(b"\n") + 1
-            raws, torn = parse_raw(decode_lines(data[:end])) if end else ([], 0)
+            raws, scan = parse_raw(_lines(data[:end]), state.scan.copy())
             records = validate_raws(raws)  # may raise: nothing is committed then
-            reads.append((state, st.st_ino, end, data, records, torn, reset))
+            reads.append((state, st.st_ino, end, data, records, scan, reset))
         for name in gone:
             self._drop(name)
         new_keys: list[Key] = []
         new_recs: list[Record] = []
-        for state, inode, end, data, records, torn, reset in reads:
+        for state, inode, end, data, records, scan, reset in reads:
             name = state.path.name
             if reset:
                 self._drop(name)
@@ -176,8 +178,7 @@ class HistoryTail:
             state.size = state.offset + len(data)
             state.offset += end
             state.partial = data[end:]
-            state.torn += torn
-            self._torn += torn
+            state.scan = scan
             for rec in records:
                 key = (rec.mono_ns, rec.wall_ns, name, state.count)
                 state.count += 1
@@ -197,7 +198,6 @@ class HistoryTail:
         old = self._files.pop(name, None)
         if old is None:
             return
-        self._torn -= old.torn
         kept = [(k, r) for k, r in zip(self._keys, self._records, strict=True) if k[2] != name]
         self._keys = [k for k, _ in kept]
         self._records = [r for _, r in kept]
@@ -205,19 +205,36 @@ class HistoryTail:
         self._arrivals = list(self._records)
         self._epoch += 1
 
-    def _with_partials(self, records: list[Record], torn: int) -> tuple[list[Record], int]:
+    def _with_partials(
+        self, records: list[Record], states: list[_File]
+    ) -> tuple[list[Record], list[tuple[str, LineScan]]]:
+        """``records`` with each file's unterminated last line read in, and the scans of
+        ``states`` read on through it (nothing is consumed)."""
         keys = list(self._keys)
-        for state in self._files.values():
+        scans: list[tuple[str, LineScan]] = []
+        for state in states:
             if not state.partial:
+                scans.append((state.path.name, state.scan))
                 continue
-            raws, t = parse_raw(decode_lines(state.partial))
-            torn += t
+            raws, scan = parse_raw(_lines(state.partial), state.scan.copy())
+            scans.append((state.path.name, scan))
             extra = validate_raws(raws)
             name = state.path.name
             pk = [(r.mono_ns, r.wall_ns, name, state.count + i) for i, r in enumerate(extra)]
             pairs = sorted(zip(pk, extra, strict=True), key=itemgetter(0))
             keys, records = _merge(keys, records, [k for k, _ in pairs], [r for _, r in pairs])
-        return records, torn
+        return records, scans
+
+
+def _lines(data: bytes) -> list[str]:
+    """The lines of ``data`` as a text-mode read of a file yields them (each with its
+    ``\\n``, the last without one if it has none): line numbers and torn last lines then
+    match :func:`read_history`'s."""
+    parts = decode_lines(data)
+    lines = [part + "\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
 
 
 def _merge(

@@ -8,12 +8,12 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from harness.history.schema import SCHEMA_VERSION, Kind, Record, SchemaVersionError
 
@@ -104,13 +104,141 @@ class HistoryWriter:
             self._fd = None
 
 
+#: How many ``file:line`` places of torn lines, and of unreadable lines, a history keeps.
+LINES_SHOWN = 10
+
+
+@dataclass
+class LineScan:
+    """The lines of one file read so far, and those that were not a JSON object.
+
+    A writer appends each record and its line end in one ``write(2)``, so a writer killed
+    mid-write (expected after SIGKILL) leaves a last line without its end: when that line is
+    not a record it is *torn*, and only noted. Any other line that is not a record, even the
+    last one if it has its line end (a record appended to a torn line, a corrupted file), is
+    *unreadable*: a line lost that may have been the record of a lost task.
+    """
+
+    lines: int = 0  # lines read, blank ones included
+    open_end: bool = False  # the last line read had no line end (yet)
+    bad: int = 0  # non-blank lines that were not a JSON object
+    bad_last: int = 0  # the number (from 1) of the last of them
+    bad_first: list[int] = field(default_factory=list)  # the first LINES_SHOWN + 1 of them
+
+    def feed(self, lines: Iterable[str]) -> list[dict[str, Any]]:
+        """Read the file's next ``lines`` (with their line ends, as a text-mode read yields
+        them); return the JSON objects among them (no validation)."""
+        raws: list[dict[str, Any]] = []
+        for line in lines:
+            self.lines += 1
+            self.open_end = not line.endswith("\n")
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError:
+                raw = None
+            if isinstance(raw, dict):
+                raws.append(raw)
+                continue
+            self.bad += 1
+            self.bad_last = self.lines
+            if len(self.bad_first) <= LINES_SHOWN:
+                self.bad_first.append(self.lines)
+        return raws
+
+    def copy(self) -> LineScan:
+        """An independent copy (to read on without changing this one)."""
+        return replace(self, bad_first=list(self.bad_first))
+
+    @property
+    def torn(self) -> int:
+        """1 when the last line, without its line end, was not a record, else 0."""
+        return int(self.bad > 0 and self.bad_last == self.lines and self.open_end)
+
+    @property
+    def unreadable(self) -> int:
+        """Lines that were not a record, the torn last line aside."""
+        return self.bad - self.torn
+
+    def unreadable_numbers(self) -> list[int]:
+        """The numbers of the first :data:`LINES_SHOWN` unreadable lines."""
+        torn = self.bad_last if self.torn else 0
+        return [n for n in self.bad_first if n != torn][:LINES_SHOWN]
+
+
+class SkippedLines(BaseModel):
+    """Lines of a history that were not records: torn last lines and unreadable lines, with
+    the ``file:line`` places of the first :data:`LINES_SHOWN` of each."""
+
+    torn: int = 0
+    unreadable: int = 0
+    torn_at: list[str] = Field(default_factory=list)
+    unreadable_at: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, scans: Iterable[tuple[str, LineScan]]) -> SkippedLines:
+        """The lines skipped in files ``(name, scan)``, in the order given."""
+        out = cls()
+        for name, scan in scans:
+            out.torn += scan.torn
+            out.unreadable += scan.unreadable
+            if scan.torn:
+                out.torn_at.append(f"{name}:{scan.bad_last}")
+            out.unreadable_at += [f"{name}:{n}" for n in scan.unreadable_numbers()]
+        out.torn_at = out.torn_at[:LINES_SHOWN]
+        out.unreadable_at = out.unreadable_at[:LINES_SHOWN]
+        return out
+
+    def describe(self) -> str:
+        """One line: the counts and the first places, for people."""
+        def part(n: int, what: str, where: list[str]) -> str:
+            more = f", +{n - len(where)} more" if n > len(where) else ""
+            return f"{n} {what}{'' if n == 1 else 's'}" + (
+                f" ({', '.join(where)}{more})" if n else ""
+            )
+
+        return "; ".join([
+            part(self.torn, "torn last line", self.torn_at),
+            part(self.unreadable, "unreadable line", self.unreadable_at),
+        ])
+
+
 @dataclass
 class History:
-    """All records of one history directory, ordered by monotonic time."""
+    """All records of one history directory, ordered by monotonic time, and the lines of its
+    files that were not records (:class:`LineScan` says which are torn, which unreadable)."""
 
     records: list[Record]
     files: list[Path] = field(default_factory=list)
-    torn_lines: int = 0  # partial last lines from writers killed mid-write
+    torn_lines: int = 0  # last lines without their end, not records: writers killed mid-write
+    unreadable_lines: int = 0  # any other line that is not a record: a line lost
+    torn_at: list[str] = field(default_factory=list)  # "file:line", the first LINES_SHOWN
+    unreadable_at: list[str] = field(default_factory=list)  # "file:line", the first LINES_SHOWN
+
+    @classmethod
+    def of(
+        cls, records: list[Record], files: list[Path], scans: Iterable[tuple[str, LineScan]]
+    ) -> History:
+        """A history of ``records`` read from ``files`` with the ``(file name, scan)`` of each."""
+        skipped = SkippedLines.of(scans)
+        return cls(
+            records=records,
+            files=files,
+            torn_lines=skipped.torn,
+            unreadable_lines=skipped.unreadable,
+            torn_at=skipped.torn_at,
+            unreadable_at=skipped.unreadable_at,
+        )
+
+    def skipped(self) -> SkippedLines:
+        """The lines that were not records, as a model (for ``result.json`` and ``--json``)."""
+        return SkippedLines(
+            torn=self.torn_lines,
+            unreadable=self.unreadable_lines,
+            torn_at=list(self.torn_at),
+            unreadable_at=list(self.unreadable_at),
+        )
 
     def __iter__(self) -> Iterator[Record]:
         return iter(self.records)
@@ -128,44 +256,43 @@ class History:
         return [r for r in self.records if r.task_id == task_id]
 
 
-def parse_raw(lines: Iterable[str]) -> tuple[list[dict[str, Any]], int]:
-    """JSON Lines into plain dicts (no validation); lines that are not a JSON object are torn."""
+def parse_raw(
+    lines: Iterable[str], scan: LineScan | None = None
+) -> tuple[list[dict[str, Any]], LineScan]:
+    """One file's JSON Lines into plain dicts (no validation), and the :class:`LineScan` of the
+    file (``scan``, continued, to read a file on from where an earlier call stopped)."""
+    scan = LineScan() if scan is None else scan
+    return scan.feed(lines), scan
+
+
+def scan_raw(
+    directory: str | os.PathLike[str],
+) -> tuple[list[dict[str, Any]], list[Path], list[tuple[str, LineScan]]]:
+    """Every record of every ``*.jsonl`` file under ``directory`` as a plain dict, in file
+    order, with the files read and the ``(file name, scan)`` of each."""
+    files = sorted(Path(directory).glob("*.jsonl"))
     raws: list[dict[str, Any]] = []
-    torn = 0
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError:
-            torn += 1
-            continue
-        if isinstance(raw, dict):
-            raws.append(raw)
-        else:
-            torn += 1
-    return raws, torn
+    scans: list[tuple[str, LineScan]] = []
+    for path in files:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            got, scan = parse_raw(fh)
+        raws.extend(got)
+        scans.append((path.name, scan))
+    return raws, files, scans
 
 
 def read_raw(directory: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[Path], int]:
-    """Every record of every ``*.jsonl`` file under ``directory`` as a plain dict, in file
-    order, with the files read and the number of torn lines. For readers that need speed
-    more than validation (reports of 100,000-task runs); :func:`read_history` validates."""
-    files = sorted(Path(directory).glob("*.jsonl"))
-    raws: list[dict[str, Any]] = []
-    torn = 0
-    for path in files:
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            got, t = parse_raw(fh)
-        raws.extend(got)
-        torn += t
-    return raws, files, torn
+    """:func:`scan_raw` with the number of lines that were not records (torn or unreadable),
+    for readers that need speed more than validation (reports of 100,000-task runs);
+    :func:`read_history` validates and tells torn lines from unreadable ones."""
+    raws, files, scans = scan_raw(directory)
+    return raws, files, sum(scan.bad for _, scan in scans)
 
 
-def parse_lines(lines: Iterable[str]) -> tuple[list[Record], int]:
-    """Parse JSON Lines into records; return them with the number of torn lines skipped."""
-    raws, torn = parse_raw(lines)
-    return validate_raws(raws), torn
+def parse_lines(lines: Iterable[str]) -> tuple[list[Record], LineScan]:
+    """One file's JSON Lines into records, with the file's :class:`LineScan`."""
+    raws, scan = parse_raw(lines)
+    return validate_raws(raws), scan
 
 
 def decode_lines(data: bytes) -> list[str]:
@@ -212,7 +339,7 @@ def read_history(directory: str | os.PathLike[str]) -> History:
     root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(f"no history directory at {root}")
-    raws, files, torn = read_raw(root)
+    raws, files, scans = scan_raw(root)
     records = validate_raws(raws)
     records.sort(key=lambda r: (r.mono_ns, r.wall_ns))
-    return History(records=records, files=files, torn_lines=torn)
+    return History.of(records, files, scans)

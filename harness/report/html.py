@@ -19,7 +19,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,8 @@ _env = Environment(
 
 VERDICT_WORDS = {
     "valid": "Every invariant held: no task was lost under the faults injected.",
-    "invalid": "An invariant was violated: tasks were lost, or ran that nobody sent.",
+    "invalid": "An invariant was violated: tasks were lost, ran that nobody sent, or ran more "
+               "than once where exactly once was required.",
     "unknown": "No verdict: the deployment never became quiet, so no loss can be asserted.",
 }
 #: Anomaly classes of the queue invariant, worst first: (QueueCheckResult field, words).
@@ -76,6 +77,8 @@ HEADLINE = (
 )
 #: How many ids of one class a page lists (every id is in verdict.json).
 MAX_IDS_LISTED = 200
+#: The duplicated class's words when the scenario required exactly once (a violation).
+DUPLICATED_REQUIRED = "Duplicated: completed more than once (exactly once required)"
 
 
 @dataclass
@@ -111,6 +114,8 @@ class ScenarioView:
     result_json: str | None = None
     history_error: str | None = None
     violated: list[str] = field(default_factory=list)  # names of the invalid invariants
+    #: The queue invariant required exactly once: a duplicate is a violation, not a note.
+    exactly_once: bool = False
 
 
 def _rel(path: str | Path, base: Path) -> str:
@@ -153,16 +158,19 @@ def scenario_words(result: ScenarioResult) -> str:
     if not result.checked:
         return "The scenario stopped before its check ran: no verdict."
     q = _queue_counts(result)
+    required = result.queue is not None and result.queue.exactly_once
     v = result.verdict.value
     control = " This is a negative control: the harness expects this setting to fail."
     if v == "valid":
-        return (
-            f"Reliable under this fault: all {q.acknowledged} acknowledged tasks "
-            f"completed ({q.duplicated} more than once)."
-        )
+        each = "each exactly once, as required" if required else f"{q.duplicated} more than once"
+        return (f"Reliable under this fault: all {q.acknowledged} acknowledged tasks "
+                f"completed ({each}).")
     if v == "invalid":
-        lost = q.lost
-        what = f"{lost} acknowledged task(s) were lost" if lost else "an invariant was violated"
+        parts = [f"{q.lost} acknowledged task(s) were lost"] if q.lost else []
+        if required and q.duplicated:
+            parts.append(f"{q.duplicated} task(s) ran more than once, and exactly once was "
+                         "required")
+        what = "; ".join(parts) or "an invariant was violated"
         return f"Not reliable under this fault: {what}." + (
             control if result.expect == "invalid" else ""
         )
@@ -188,7 +196,7 @@ def run_words(run: RunVerdict) -> tuple[str, str]:
             return "PASS", (
                 "Every configuration behaved as declared: the safe settings lost no "
                 "acknowledged task under the faults, and every known-bad setting "
-                "(negative control) was caught losing tasks."
+                "(negative control) was caught by its checker."
             )
         if v == "unknown":
             return "PUBLISH SIDE ONLY", (
@@ -240,6 +248,7 @@ def build_scenario(result: ScenarioResult, run_dir: Path, index: int) -> Scenari
         headline=_headline(result),
     )
     queue = result.queue
+    view.exactly_once = queue is not None and queue.exactly_once
     hist = Path(result.history_dir) if result.history_dir else None
     sdir = hist.parent if hist is not None else None
     records: list[dict[str, Any]] = []
@@ -275,6 +284,8 @@ def build_scenario(result: ScenarioResult, run_dir: Path, index: int) -> Scenari
 
     for key, label in TASK_CLASSES:
         ids = list(getattr(queue, key)) if queue is not None else []  # a dict: its ids
+        if key == "duplicated" and view.exactly_once:
+            label = DUPLICATED_REQUIRED
         if ids:
             view.classes.append((key, label, ids[:MAX_IDS_LISTED], len(ids)))
         choose(ids)
@@ -387,7 +398,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-_env.globals.update(fault_label=matrix_mod.fault_label, fmt=_fmt)
+_env.globals.update(fault_label=matrix_mod.fault_label, fmt=_fmt,
+                    duplicates_note=matrix_mod.duplicates_note)
 
 
 def write_index(run_dir: Path, verdict: RunVerdict) -> Path:
@@ -405,11 +417,61 @@ def write_index(run_dir: Path, verdict: RunVerdict) -> Path:
     return out
 
 
+@dataclass
+class InterruptedRun:
+    """A run directory with scenario directories but no ``verdict.json``: the run was killed
+    before its end (or was still running when the index was written)."""
+
+    run_id: str
+    started: str  # from the directory's name (``<UTC timestamp>-<id>``), else its mtime
+    path: str  # relative link: the directory
+    scenarios: int
+    kind: str = "scenarios"  # or "load" (``celery-chaos load``: one scenario called load)
+    interrupted: bool = True
+
+
+_RUN_STAMP = re.compile(r"(\d{8}T\d{6}Z)-")
+
+
+def interrupted_runs(root: Path) -> list[InterruptedRun]:
+    """Every run directory under ``root`` with scenarios and no ``verdict.json``."""
+    out: list[InterruptedRun] = []
+    for sdir in sorted(root.glob("*/scenarios")):
+        run_dir = sdir.parent
+        if (run_dir / "verdict.json").exists():
+            continue
+        names = [p.name for p in sdir.iterdir() if p.is_dir()]
+        if not names:
+            continue
+        m = _RUN_STAMP.match(run_dir.name)
+        when = (
+            datetime.strptime(m.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+            if m
+            else datetime.fromtimestamp(run_dir.stat().st_mtime, timezone.utc)
+        )
+        out.append(InterruptedRun(
+            run_id=run_dir.name,
+            started=when.isoformat(timespec="seconds"),
+            path=f"{run_dir.name}/scenarios/",
+            scenarios=len(names),
+            kind="load" if names == ["load"] else "scenarios",
+        ))
+    return out
+
+
+def _started(row: matrix_mod.RunSummary | InterruptedRun) -> tuple[str, str]:
+    if isinstance(row, InterruptedRun):
+        return row.started, row.run_id
+    return row.run.started, row.run.run_id
+
+
 def write_site(root: Path) -> tuple[Path, Path]:
-    """Rebuild ``<root>/index.html`` (every run, newest first) and ``<root>/matrix.html``."""
+    """Rebuild ``<root>/index.html`` (every run, newest first, interrupted runs included) and
+    ``<root>/matrix.html`` (runs with a verdict)."""
     runs, skipped = matrix_mod.load_runs(root)
+    rows = sorted([*runs, *interrupted_runs(root)], key=_started, reverse=True)
     index = root / "index.html"
-    _write(index, _env.get_template("runs.html.j2").render(runs=runs, skipped=skipped))
+    _write(index, _env.get_template("runs.html.j2").render(runs=rows, skipped=skipped))
     table = matrix_mod.build_matrix(runs)
     mpath = root / "matrix.html"
     _write(mpath, _env.get_template("matrix.html.j2").render(m=table, runs=runs))

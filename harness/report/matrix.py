@@ -56,6 +56,14 @@ def fault_label(name: str) -> str:
     return " + ".join(FAULT_LABELS.get(n, n.replace("_", " ")) for n in name.split("+"))
 
 
+def duplicates_note(s: ScenarioResult) -> str:
+    """A cell's words on duplicates when the scenario required exactly once, else ``""``."""
+    queue = s.queue
+    if queue is None or not queue.exactly_once:
+        return ""
+    return f"exactly once required: {queue.counts.duplicated} duplicated"
+
+
 @dataclass
 class RunSummary:
     """One run, as the runs index lists it."""
@@ -210,6 +218,8 @@ def dump_matrix(m: Matrix) -> list[dict[str, Any]]:
                     "verdict": s.verdict.value,
                     "expect": s.expect,
                     "runs": sum(cell.tally.values()),
+                    "exactly_once": bool(s.queue and s.queue.exactly_once),
+                    "duplicated": s.queue.counts.duplicated if s.queue else None,
                 }
             )
     return out

@@ -58,6 +58,7 @@ FAULT_OPS = {
     "kill_pool_child": "worker",
     "pause_pool_child": "worker",
     "pause_worker": "worker",
+    "terminate_worker": "worker",
     "start_worker": "worker",
     "stop_consuming": "workers",
     "crash_broker": "none",
@@ -497,7 +498,6 @@ EXISTING_NOTE = (
 def main(args: argparse.Namespace) -> int:
     """Run ``celery-chaos load``; return the exit code (0, 1 or 2)."""
     from harness.checks.queue import QueueCounts
-    from harness.deployment.app_loader import load_app
     from harness.load.workload import load_workload
     from harness.report.html import write_index
     from harness.results import (
@@ -509,6 +509,7 @@ def main(args: argparse.Namespace) -> int:
         write_json,
     )
     from harness.runner.app import SAMPLE_WORKLOAD as DEFAULT_WORKLOAD
+    from harness.runner.app import AppUnderTest
 
     opts = validate(args)
     command = "celery-chaos load " + " ".join(shlex.quote(a) for a in args.argv)
@@ -523,7 +524,7 @@ def main(args: argparse.Namespace) -> int:
                 "without {placeholders} works (pass --workload FILE)"
             ) from None
     spec = None if opts.existing else scenario_spec(args, opts, f"celery-chaos load: {command}")
-    load_app(args.app)
+    AppUnderTest.resolve(args.app, workload)  # the app imports and registers every task named
     run_dir = new_run_dir(args.reports)
     started = _now()
     print(f"celery-chaos: load run in {run_dir}", flush=True)
