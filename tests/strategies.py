@@ -42,6 +42,7 @@ class Planted:
     failed: set[str] = field(default_factory=set)  # completed, every completion an app failure
     missing: set[str] = field(default_factory=set)  # acknowledged, never completed
     missing_worker_lost: set[str] = field(default_factory=set)
+    missing_rejected: set[str] = field(default_factory=set)  # missing, rejected without requeue
     duplicated: dict[str, int] = field(default_factory=dict)
     reexecuted: dict[str, int] = field(default_factory=dict)
     unexpected: set[str] = field(default_factory=set)
@@ -60,6 +61,10 @@ class Planted:
     @property
     def lost_worker_lost(self) -> set[str]:
         return self.missing_worker_lost if self.drain == "complete" else set()
+
+    @property
+    def rejected_lost(self) -> set[str]:
+        return self.missing_rejected if self.drain == "complete" else set()
 
     @property
     def pending(self) -> set[str]:
@@ -215,10 +220,53 @@ def _revoked(draw: st.DrawFn) -> tuple[list[Event], Truth]:
     return events, {"ack": True, "revoked": True}
 
 
+#: How Celery 5.7 records a rejection without requeue: task_unknown (an unregistered name: no
+#: ``received`` first), task_rejected (a content type not accepted; a message not a task).
+REJECTIONS: tuple[dict[str, Any], ...] = (
+    {"reason": "unknown task", "exc_type": "KeyError"},
+    {"reason": "rejected", "exc_type": "ContentDisallowed",
+     "exc_message": "Refusing to deserialize untrusted content of type pickle"},
+    {"reason": "rejected"},
+)
+
+
+def _rejection(draw: st.DrawFn) -> list[Event]:
+    w = {"role": "worker", "host": draw(st.sampled_from(WORKERS))}
+    how = draw(st.sampled_from(REJECTIONS))
+    return [(Kind.REJECTED, {**w, **how})]
+
+
 def _rejected(draw: st.DrawFn) -> tuple[list[Event], Truth]:
-    w = {"role": "worker", "host": "w2@chaos"}
-    events = _pub(draw, Kind.OK) + [(Kind.RECEIVED, w), (Kind.REJECTED, w)]
-    return events, {"ack": True, "rejected": True}
+    # acknowledged, then dropped by a worker (a redelivery may come first): lost to the sender
+    events = _pub(draw, Kind.OK)
+    starts = 0
+    if draw(st.booleans()):
+        events += _run(draw, Kind.FAILED, "WorkerLostError")
+        starts = 1
+    events += _rejection(draw)
+    truth: Truth = {"ack": True, "rejected": True, "missing": True, "rejected_lost": True}
+    if starts:
+        truth["worker_lost"] = True
+    return events, truth
+
+
+def _rejected_in_task(draw: st.DrawFn) -> tuple[list[Event], Truth]:
+    # the task raised Reject(requeue=False) (e.g. its retry could not be published)
+    events = _pub(draw, Kind.OK) + _run(draw, Kind.FAILED, "Reject")
+    return events, {"ack": True, "missing": True, "worker_lost": True, "rejected_lost": True}
+
+
+def _rejected_then_republished(draw: st.DrawFn) -> tuple[list[Event], Truth]:
+    # the sender saw the rejection and published the same id again, once the workers knew it
+    events = _pub(draw, Kind.OK) + _rejection(draw) + _pub(draw, Kind.OK)
+    run, ok = _done(draw)
+    return events + run, {"ack": True, "outcome": ok, "rejected": True}
+
+
+def _rejected_unacknowledged(draw: st.DrawFn) -> tuple[list[Event], Truth]:
+    # the publish outcome is unknown: the sender was never told it was accepted
+    kind = draw(st.sampled_from([Kind.INFO, None]))
+    return _pub(draw, kind) + _rejection(draw), {"publish": Kind.INFO, "rejected": True}
 
 
 #: Fates after which every acknowledged id has completed exactly once.
@@ -234,6 +282,8 @@ CLEAN_FATES: dict[str, FateFn] = {
     "open_completed": _unacked(None, True),
     "open_not_completed": _unacked(None, False),
     "republished": _republished,
+    "rejected_then_republished": _rejected_then_republished,
+    "rejected_unacknowledged": _rejected_unacknowledged,
 }
 #: Every fate, including the anomalies.
 ALL_FATES: dict[str, FateFn] = {
@@ -245,6 +295,7 @@ ALL_FATES: dict[str, FateFn] = {
     "unexpected": _unexpected,
     "revoked": _revoked,
     "rejected": _rejected,
+    "rejected_in_task": _rejected_in_task,
 }
 
 
@@ -263,6 +314,8 @@ def _apply_truth(p: Planted, tid: str, truth: Truth) -> None:
         p.missing.add(tid)
     if truth.get("worker_lost"):
         p.missing_worker_lost.add(tid)
+    if truth.get("rejected_lost"):
+        p.missing_rejected.add(tid)
     if truth.get("completions", 1) > 1:
         p.duplicated[tid] = truth["completions"]
     if truth.get("starts", 1) > 1:

@@ -37,6 +37,7 @@ def assert_matches(result: QueueCheckResult, p: Planted, exactly_once: bool) -> 
     assert result.drain == p.drain
     assert result.lost == sorted(p.lost)
     assert result.lost_worker_lost == sorted(p.lost_worker_lost)
+    assert result.rejected_lost == sorted(p.rejected_lost)
     assert result.pending == sorted(p.pending)
     assert result.unexpected == sorted(p.unexpected)
     assert result.duplicated == dict(sorted(p.duplicated.items()))
@@ -55,8 +56,9 @@ def assert_matches(result: QueueCheckResult, p: Planted, exactly_once: bool) -> 
         len(p.succeeded),
         len(p.failed),
     )
-    assert (c.lost, c.pending, c.duplicated, c.unexpected, c.recovered) == (
+    assert (c.lost, c.rejected_lost, c.pending, c.duplicated, c.unexpected, c.recovered) == (
         len(p.lost),
+        len(p.rejected_lost),
         len(p.pending),
         len(p.duplicated),
         len(p.unexpected),
@@ -134,9 +136,9 @@ _mono = iter(range(1_000, 10**12, 1_000))
 
 def rec(kind: Kind, task_id: str | None = None, **fields: Any) -> Record:
     role = "worker" if kind not in (Kind.INVOKE, Kind.OK, Kind.FAIL, Kind.INFO) else "publisher"
+    fields.setdefault("host", role)
     return Record(
-        kind=kind, wall_ns=0, mono_ns=next(_mono), pid=1, host=role, role=role,
-        task_id=task_id, **fields,
+        kind=kind, wall_ns=0, mono_ns=next(_mono), pid=1, role=role, task_id=task_id, **fields
     )
 
 
@@ -223,10 +225,65 @@ def test_last_drain_record_decides() -> None:
     assert check_queue(unsure).drain == "incomplete"
 
 
-def test_revoked_and_rejected_are_reported_not_lost() -> None:
-    h = drained(*published("a"), rec(Kind.REVOKED, "a"), *published("b"), rec(Kind.REJECTED, "b"))
+def test_revoked_is_reported_not_lost() -> None:
+    r = check_queue(drained(*published("a"), rec(Kind.REVOKED, "a")))
+    assert r.valid == "valid" and r.revoked == ["a"] and r.lost == []
+    assert r.notes == ["1 tasks revoked: a"]
+
+
+def test_a_rejected_task_is_lost_to_the_sender() -> None:
+    """Celery rejects without requeue: the message is gone; each line says why, by worker."""
+    h = drained(
+        *published("a"), rec(Kind.REJECTED, "a", host="w1@chaos", task_name="app.new",
+                             reason="unknown task", exc_type="KeyError"),
+        *published("b"), rec(Kind.REJECTED, "b", host="w1@chaos", task_name="app.new",
+                             reason="unknown task", exc_type="KeyError"),
+        *published("c"), rec(Kind.REJECTED, "c", host="w2@chaos", task_name="app.add",
+                             reason="rejected", exc_type="ContentDisallowed",
+                             exc_message="Refusing to deserialize untrusted content"),
+        *published("d"), rec(Kind.REJECTED, "d", host="w2@chaos", reason="rejected"),
+    )
     r = check_queue(h)
-    assert r.valid == "valid" and r.revoked == ["a"] and r.rejected == ["b"] and r.lost == []
+    assert r.valid == "invalid"
+    assert r.lost == r.rejected_lost == r.rejected == ["a", "b", "c", "d"]
+    assert r.counts.rejected_lost == 4 and r.lost_worker_lost == []
+    assert r.problems == [
+        "4 acknowledged tasks never completed: a, b, c, d",
+        "2 of the lost tasks were received by w1@chaos but not registered there "
+        "(app.new: a rolling deploy?), so rejected without requeue: a, b",
+        "1 of the lost tasks were rejected by w2@chaos without requeue (app.add: "
+        "ContentDisallowed: Refusing to deserialize untrusted content): c",
+        "1 of the lost tasks were rejected by w2@chaos without requeue (unnamed: "
+        "not a task message): d",
+    ]
+    assert not any("rejected" in n for n in r.notes)
+
+
+def test_reject_raised_in_a_task_is_lost_worker_lost_and_rejected_lost() -> None:
+    h = drained(*published("a"), rec(Kind.STARTED, "a"),
+                rec(Kind.FAILED, "a", host="w1@chaos", task_name="app.fetch", exc_type="Reject",
+                    exc_message="ConnectionError()"))
+    r = check_queue(h)
+    assert r.lost == r.lost_worker_lost == r.rejected_lost == ["a"] and r.rejected == []
+    assert r.problems[-1] == (
+        "1 of the lost tasks were rejected by w1@chaos without requeue "
+        "(app.fetch raised Reject(requeue=False): ConnectionError()): a"
+    )
+
+
+def test_a_rejected_task_published_again_and_completed_is_not_lost() -> None:
+    """Deploy the workers, then send again: the second message completes the id."""
+    h = drained(*published("a"), rec(Kind.REJECTED, "a", reason="unknown task"),
+                *published("a"), rec(Kind.STARTED, "a"), rec(Kind.SUCCEEDED, "a"))
+    r = check_queue(h, exactly_once=True)
+    assert r.valid == "valid" and r.rejected == ["a"] and r.rejected_lost == []
+    assert r.notes == ["1 tasks rejected by a worker: a"]
+
+
+def test_a_rejection_without_a_complete_drain_is_pending() -> None:
+    h = drained(*published("a"), rec(Kind.REJECTED, "a", reason="unknown task"), complete=False)
+    r = check_queue(h)
+    assert r.valid == "unknown" and r.pending == ["a"] and r.rejected_lost == []
 
 
 def test_problem_lists_are_truncated() -> None:

@@ -150,3 +150,43 @@ def test_a_trigger_that_never_holds_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InfrastructureError, match="fewer than 1 failed records within 0 s"):
         _run(dep, [{"when": {"records": {"kind": "failed"}, "timeout": 0.3},
                     "do": {"op": "checkpoint"}}])
+
+
+class _StubbornWorker(FakeDeployment):
+    """w1 ignores SIGTERM (the wait for its exit times out) and runs task t1 until killed."""
+
+    def signal_worker(self, name: str, sig: int, *, wait_exit: float | None = None) -> None:
+        super().signal_worker(name, sig, wait_exit=wait_exit)
+        if sig == 15 and wait_exit:
+            time.sleep(wait_exit)
+
+    def running_on(self, name: str, until_ns: int | None = None) -> dict[str, Record]:
+        return {"t1": None}  # type: ignore[dict-item]  # only the ids matter here
+
+
+def test_terminate_worker_sigkills_only_after_the_grace(tmp_path: Path) -> None:
+    """``terminate_worker``: SIGTERM, then SIGKILL once ``grace_s`` has run out, recorded."""
+    from harness.faults.context import Window
+    from harness.faults.vocabulary import parse_op
+    from harness.runner.loadtest import parse_fault
+
+    op = parse_op({"op": "terminate_worker", "worker": "w1", "grace_s": 0.2})
+    quick = FakeDeployment(tmp_path / "quick")
+    win = Window(step="stop", seq=0)
+    op.prepare(quick, win)  # type: ignore[arg-type]
+    op.apply(quick, win)  # type: ignore[arg-type]
+    assert [what for _, what, _ in quick.calls] == ["signal 15"]
+    assert win.detail["sigkill"] is False and win.detail["exit_s"] < 0.2, win.detail
+
+    stubborn = _StubbornWorker(tmp_path / "stubborn")
+    win = Window(step="stop", seq=0, picked=["t1"])
+    op.prepare(stubborn, win)  # type: ignore[arg-type]
+    op.apply(stubborn, win)  # type: ignore[arg-type]
+    (t_term, term, _), (t_kill, kill, _) = stubborn.calls
+    assert (term, kill) == ("signal 15", "signal 9") and t_kill - t_term >= 0.2
+    assert win.detail["sigkill"] is True and win.detail["exit_s"] >= 0.2, win.detail
+    assert win.detail["hit"] == win.detail["killed"] == ["t1"], win.detail
+
+    step = parse_fault("terminate-worker:w1@5s")
+    assert step.do == parse_op({"op": "terminate_worker", "worker": "w1"})
+    assert step.do.grace_s == 30.0  # type: ignore[attr-defined]

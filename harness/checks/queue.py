@@ -40,6 +40,7 @@ class QueueCounts(BaseModel):
     failed: int = 0
     lost: int = 0
     lost_worker_lost: int = 0
+    rejected_lost: int = 0
     duplicated: int = 0
     reexecuted: int = 0
     unexpected: int = 0
@@ -64,6 +65,8 @@ class QueueCheckResult(BaseModel):
     counts: QueueCounts = Field(default_factory=QueueCounts)
     lost: list[str] = Field(default_factory=list)
     lost_worker_lost: list[str] = Field(default_factory=list)
+    #: Lost ids a worker rejected without requeue (unregistered, undecodable, ``Reject``).
+    rejected_lost: list[str] = Field(default_factory=list)
     pending: list[str] = Field(default_factory=list)
     unexpected: list[str] = Field(default_factory=list)
     duplicated: dict[str, int] = Field(default_factory=dict)
@@ -106,6 +109,34 @@ def _ids_message(n: int, what: str, ids: Iterable[str]) -> str:
     return f"{n} {what}: {shown}{more}"
 
 
+def _rejection_why(rec: Record) -> str:
+    """Why a worker dropped a message, from its rejection record (the middle of a problem)."""
+    name = rec.task_name or "unnamed"
+    if rec.reason == "unknown task":
+        return (
+            f"were received by {rec.host} but not registered there ({name}: a rolling "
+            "deploy?), so rejected without requeue"
+        )
+    if rec.kind is Kind.FAILED:
+        what = f"{name} raised Reject(requeue=False)"
+    else:
+        what = f"{name}: {rec.exc_type or 'not a task message'}"
+    if rec.exc_message:
+        what = f"{what}: {rec.exc_message}"
+    return f"were rejected by {rec.host} without requeue ({what})"
+
+
+def _rejection_problems(ids: list[str], rejections: dict[str, Record]) -> list[str]:
+    """One problem line per reason, naming the lost ids a worker rejected without requeue."""
+    by_why: dict[str, list[str]] = {}
+    for t in ids:
+        by_why.setdefault(_rejection_why(rejections[t]), []).append(t)
+    return [
+        _ids_message(len(group), f"of the lost tasks {why}", group)
+        for why, group in sorted(by_why.items())
+    ]
+
+
 def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckResult:
     """Classify every task id in ``history`` and decide the queue verdict.
 
@@ -114,8 +145,10 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
       ended ``info``, or more ``invoke`` records than outcomes (a publish that never
       completed: a crashed publisher, as in Jepsen); else publish_failed (only ``fail``).
     - completed: ``succeeded`` or non-worker-lost ``failed``; lost: acknowledged,
-      not completed, not revoked/rejected; lost_worker_lost: lost ids that saw a
-      ``WorkerLostError``; duplicated: > 1 completion; unexpected: completed, never
+      not completed, not revoked; lost_worker_lost: lost ids that saw a
+      ``WorkerLostError`` (or ``Reject``); rejected_lost: lost ids a worker rejected
+      without requeue (a ``rejected`` record, or ``failed: Reject``), each problem line
+      saying why; duplicated: > 1 completion; unexpected: completed, never
       attempted; recovered: completed, attempted, not acknowledged.
     - Without a complete final drain, would-be lost ids are ``pending`` and the
       verdict is at best ``unknown``.
@@ -130,6 +163,7 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
     worker_lost: set[str] = set()
     revoked: set[str] = set()
     rejected: set[str] = set()
+    rejections: dict[str, Record] = {}  # id -> its last rejection without requeue
     last_drain: Record | None = None
     # id -> pid of its last failure since its last start: Celery 5.7 fires task_failure twice
     # for one hard time limit (Request.on_timeout, then on_failure), from the same process.
@@ -155,6 +189,8 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
         elif kind is Kind.FAILED:
             if rec.is_dropped:
                 worker_lost.add(tid)
+                if rec.exc_type == "Reject":  # Reject(requeue=False): a requeue sends none
+                    rejections[tid] = rec
             elif failed_by.get(tid) == rec.pid:
                 repeated += 1  # the same run's failure reported twice: one completion
             else:
@@ -167,6 +203,7 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
             revoked.add(tid)
         elif kind is Kind.REJECTED:
             rejected.add(tid)
+            rejections[tid] = rec
 
     drain = _drain_of(last_drain)
     # Per id: any ok -> acknowledged; else any info, or an invoke left open -> indeterminate;
@@ -185,14 +222,14 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
             publish_failed.append(t)
     completed = completions.keys()
 
-    missing = sorted(
-        t for t in acknowledged if t not in completed and t not in revoked and t not in rejected
-    )
+    # A rejection is not an outcome: Celery rejects without requeue (the message is gone).
+    missing = sorted(t for t in acknowledged if t not in completed and t not in revoked)
     if drain == "complete":
         lost, pending = missing, []
     else:
         lost, pending = [], missing
     lost_wl = [t for t in lost if t in worker_lost]
+    lost_rej = [t for t in lost if t in rejections]
     unexpected = sorted(t for t in completed if t not in publish)
     recovered = sorted(t for t in completed if t in publish and t not in acknowledged)
     duplicated = {t: completions[t] for t in sorted(completed) if completions[t] > 1}
@@ -207,6 +244,7 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
         problems.append(
             _ids_message(len(lost_wl), "of the lost tasks ended only in WorkerLostError", lost_wl)
         )
+    problems.extend(_rejection_problems(lost_rej, rejections))
     if unexpected:
         problems.append(
             _ids_message(len(unexpected), "tasks completed but were never published", unexpected)
@@ -243,8 +281,10 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
         )
     if revoked:
         notes.append(_ids_message(len(revoked), "tasks revoked", sorted(revoked)))
-    if rejected:
-        notes.append(_ids_message(len(rejected), "tasks rejected by a worker", sorted(rejected)))
+    rejected_other = sorted(rejected.difference(lost_rej))  # republished since, or unacked
+    if rejected_other:
+        notes.append(_ids_message(len(rejected_other), "tasks rejected by a worker",
+                                  rejected_other))
     if repeated:
         notes.append(
             f"{repeated} failure records repeated by the same process for one run "
@@ -269,6 +309,7 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
         failed=len(failed),
         lost=len(lost),
         lost_worker_lost=len(lost_wl),
+        rejected_lost=len(lost_rej),
         duplicated=len(duplicated),
         reexecuted=len(reexecuted),
         unexpected=len(unexpected),
@@ -284,6 +325,7 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
         counts=counts,
         lost=lost,
         lost_worker_lost=lost_wl,
+        rejected_lost=lost_rej,
         pending=pending,
         unexpected=unexpected,
         duplicated=duplicated,

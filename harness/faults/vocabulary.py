@@ -176,6 +176,40 @@ def _record_hit(dep: Deployment, worker: str, window: Window, t_kill: int) -> No
 
 
 @register
+class TerminateWorker(_WorkerOp):
+    """An orchestrator's stop (Kubernetes, systemd): SIGTERM, wait up to ``grace_s`` for
+    the exit, then SIGKILL.
+
+    ``detail``: ``sigkill`` (the grace ran out and a SIGKILL was sent), ``exit_s`` (SIGTERM
+    to exit), ``hit`` (picked tasks running when the SIGTERM left) and, after a SIGKILL,
+    ``killed`` (picked tasks still running when the SIGKILL left).
+    """
+
+    op: Literal["terminate_worker"] = "terminate_worker"
+    #: Seconds between the SIGTERM and the SIGKILL (Kubernetes' default grace is 30 s).
+    grace_s: float = Field(30.0, ge=0)
+    label: ClassVar[str] = "SIGTERM a worker, SIGKILL it if still up after grace_s"
+
+    def prepare(self, dep: Deployment, window: Window) -> None:
+        window.detail.update(pid=dep.worker_pid(self.worker), signal="SIGTERM")
+
+    def apply(self, dep: Deployment, window: Window) -> None:
+        t_term = time.monotonic_ns()
+        dep.signal_worker(self.worker, _signal.SIGTERM, wait_exit=self.grace_s)
+        # wait_exit returns early only on the exit: a full grace means it timed out.
+        sigkill = (time.monotonic_ns() - t_term) / 1e9 >= self.grace_s
+        _record_hit(dep, self.worker, window, t_term)
+        if sigkill:
+            t_kill = time.monotonic_ns()
+            dep.signal_worker(self.worker, _signal.SIGKILL, wait_exit=10.0)
+            if window.picked:
+                still = dep.running_on(self.worker, until_ns=t_kill)
+                window.detail["killed"] = [t for t in window.picked if t in still]
+        window.detail.update(sigkill=sigkill,
+                             exit_s=round((time.monotonic_ns() - t_term) / 1e9, 3))
+
+
+@register
 class KillPoolChild(_WorkerOp):
     """Signal one pool child: the one running ``task`` (a task id or a ``${step}``
     reference), else the child running the task the trigger picked, else one running any
@@ -525,21 +559,67 @@ class Load(_Action):
             run.wait()
 
 
+#: Options of ``Celery.send_task`` a ``publish`` step may set (the task id is the harness's).
+PUBLISH_OPTIONS = frozenset({"countdown", "expires", "priority", "queue", "routing_key",
+                             "time_limit", "soft_time_limit", "headers"})
+
+
 @register
 class Publish(_Action):
     """Publish ``count`` calls of a task now (straight to the broker), recorded invoke/ok.
 
-    String arguments may use ``{http_base}``, ``{smtp_host}``, ``{smtp_port}``.
+    String arguments may use ``{http_base}``, ``{smtp_host}``, ``{smtp_port}``; ``options``
+    go to ``send_task`` (``{countdown: 5}``: an ETA message the worker holds until then).
     """
 
     op: Literal["publish"] = "publish"
     task: str
     args: list[Any] = Field(default_factory=list)
     count: int = Field(1, ge=1)
-    label: ClassVar[str] = "publish COUNT calls of a task now"
+    #: Celery's publish options (``{countdown: 5}``), passed to ``send_task``.
+    options: dict[str, Any] = Field(default_factory=dict)
+    label: ClassVar[str] = "publish COUNT calls of a task now, with send_task OPTIONS"
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if key not in PUBLISH_OPTIONS:
+                raise ValueError(f"unknown publish option {key!r} (one of: "
+                                 f"{', '.join(sorted(PUBLISH_OPTIONS))})")
+        return v
 
     def apply(self, dep: Deployment, window: Window) -> None:
-        window.task_ids = dep.publish_now(self.task, self.args, self.count)
+        extra = {"options": dict(self.options)} if self.options else {}
+        window.task_ids = dep.publish_now(self.task, self.args, self.count, **extra)
+
+
+@register
+class PublishEncoded(_Action):
+    """Publish ``count`` calls of a task encoded with kombu's ``serializer`` rather than the
+    app's, recorded invoke/ok: a message the workers cannot decode when their
+    ``accept_content`` leaves it out (Celery's default accepts json only)."""
+
+    op: Literal["publish_encoded"] = "publish_encoded"
+    task: str
+    args: list[Any] = Field(default_factory=list)
+    count: int = Field(1, ge=1)
+    serializer: str = "pickle"
+    label: ClassVar[str] = "publish COUNT calls of a task encoded with SERIALIZER"
+
+    @field_validator("serializer")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from kombu.serialization import registry as serializers
+
+        if v not in serializers.name_to_type:
+            known = ", ".join(sorted(serializers.name_to_type))
+            raise ValueError(f"unknown serializer {v!r} (one of: {known})")
+        return v
+
+    def apply(self, dep: Deployment, window: Window) -> None:
+        window.task_ids = dep.publish_encoded_now(self.task, self.args, self.count,
+                                                  self.serializer)
 
 
 @register

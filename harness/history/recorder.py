@@ -109,6 +109,7 @@ def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: 
         task_id=headers.get("id"),
         task_name=headers.get("task"),
         exc_type=type(exc).__name__ if exc else None,
+        exc_message=short_repr(str(exc)) if exc else None,
         reason="rejected",
         worker_pid=os.getpid(),
     )

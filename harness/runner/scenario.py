@@ -76,9 +76,6 @@ from harness.spec.model import DeploymentSpec
 
 BrokerKind = Literal["rabbitmq", "redis"]
 
-#: Records that end a run of a task on a worker (a retry ends this run; a new message follows).
-_ENDS = {Kind.SUCCEEDED, Kind.FAILED, Kind.RETRIED}
-
 
 def process_env(app: str, broker_url: str, settings: dict[str, Any], history_dir: Path, *,
                 result_backend: str | None = None) -> dict[str, str]:
@@ -472,8 +469,16 @@ class Scenario:
         assert self.backend.http is not None
         self.backend.http.set_failures(key, failures)
 
-    def publish_now(self, task: str, args: list[Any], count: int) -> list[str]:
-        return self.publish(task, *self._render(args), count=count)
+    def publish_now(self, task: str, args: list[Any], count: int,
+                    options: dict[str, Any] | None = None) -> list[str]:
+        return self.publish(task, *self._render(args), count=count, options=options)
+
+    def publish_encoded_now(
+        self, task: str, args: list[Any], count: int, serializer: str
+    ) -> list[str]:
+        """:meth:`publish` with kombu's ``serializer`` instead of the app's (``pickle``)."""
+        return self.publish(task, *self._render(args), count=count,
+                            options={"serializer": serializer})
 
     def _render(self, value: Any) -> Any:
         if isinstance(value, str) and "{" in value:
@@ -536,11 +541,13 @@ class Scenario:
         self.loads.append(run)
         return run.start()
 
-    def publish(self, name: str, *args: Any, count: int = 1) -> list[str]:
+    def publish(self, name: str, *args: Any, count: int = 1,
+                options: dict[str, Any] | None = None) -> list[str]:
         """Publish ``count`` calls of task ``name`` now, recorded invoke/ok; return their ids.
 
         For scenarios that need tasks at an exact moment rather than a load; the publish
-        goes straight to the broker (never through a proxied link).
+        goes straight to the broker (never through a proxied link). ``options`` go to
+        ``send_task`` (``{"countdown": 5}``).
         """
         app = Celery("scenario-publisher", set_as_current=False)
         src = load_app(self.app.spec).conf
@@ -548,7 +555,7 @@ class Scenario:
         apply_harness_config(
             app, broker_url=self.broker_url, result_backend=None, settings=self.settings
         )
-        pub = Publisher(app, HistoryWriter(self.history_dir, "publisher", "publisher"))
+        pub = Publisher(app, HistoryWriter(self.history_dir, "publisher", "publisher"), options)
         try:
             return [pub.publish(TaskSpec(name=name, args=list(args)))[0] for _ in range(count)]
         finally:
@@ -574,7 +581,7 @@ class Scenario:
                 continue
             if rec.kind is Kind.STARTED:
                 started[rec.task_id] = rec
-            elif rec.kind in _ENDS:
+            elif rec.ends_run:
                 started.pop(rec.task_id, None)
         return started
 
@@ -672,6 +679,7 @@ class Scenario:
         self.result.verdict = verdict
         self.result.checked = True
         self.result.invariants = results
+        self.result.history_lines = history.skipped()
         self.result.checkers = [spec for c in invariants if (spec := spec_of(c)) is not None]
         self.result.metrics = metrics
         self.save()
