@@ -5,6 +5,8 @@
   ``--schedule`` runs one fault schedule against the spec its file names.
 - ``celery-chaos replay RUN_DIR/scenarios/NAME``: run a stored scenario's ``spec.json`` again.
 - ``celery-chaos analyze RUN_DIR|HISTORY_DIR``: re-judge stored histories.
+- ``celery-chaos explore --scenario NAME [--budget 10m] [--seed N] [--out DIR]``: generated
+  fault schedules, shrunk to a minimal failing one (docs/explore.md).
 - ``celery-chaos toxiproxy [--host H] [--port P]``: the Toxiproxy-compatible fault proxy.
 - ``celery-chaos load --users N --spawn-rate R --duration T [--fault SPEC ...]``: a load
   test with an optional fault schedule, writing the same report (docs/report.md).
@@ -18,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.errors import ChaosError, UsageError
 
@@ -44,6 +48,27 @@ def _parser() -> argparse.ArgumentParser:
         "--exactly-once", action="store_true", help="count duplicates as violations"
     )
     analyze.add_argument("--json", action="store_true", help="print the results as JSON")
+    explore = sub.add_parser(
+        "explore", help="draw fault schedules, run them, shrink a violation to a minimal one"
+    )
+    explore.error = _one_line_error  # type: ignore[method-assign]
+    what = explore.add_mutually_exclusive_group()
+    what.add_argument("--scenario", help="a catalog scenario whose deployment to explore")
+    what.add_argument("--spec", help="a spec file (JSON/YAML) whose deployment to explore")
+    explore.add_argument("--chaos-app", default=None, help="the app under test (module:app)")
+    explore.add_argument("--chaos-workload", default=None, help="its workload YAML")
+    explore.add_argument("--budget", default="10m", help="hard time limit (default 10m)")
+    explore.add_argument("--max-examples", default="50", help="schedules to draw (50)")
+    explore.add_argument("--seed", default="0", help="the search's seed (0)")
+    explore.add_argument("--faults", default="", help="allow-list, comma-separated "
+                         "(default kill_worker,kill_pool_child,pause_worker,crash_broker)")
+    explore.add_argument("--max-faults", default="4", help="faults per schedule, at most (4)")
+    explore.add_argument("--reruns", default="2", help="runs of a schedule, at most (2)")
+    explore.add_argument("--min-fails", default="2",
+                         help="failing runs that make a schedule fail (2)")
+    explore.add_argument("--replays", default="3", help="replays of the minimal schedule (3)")
+    explore.add_argument("--out", default=None,
+                         help="output directory (default reports/explore/<timestamp>)")
     proxy = sub.add_parser("toxiproxy", help="run the Toxiproxy-compatible fault proxy")
     proxy.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     proxy.add_argument("--port", default="8474", help="API port, 0 for any free port (8474)")
@@ -130,6 +155,74 @@ def cmd_run(pytest_args: list[str]) -> int:
     return {0: 0, 1: 1}.get(code, 2)
 
 
+def _one_line_error(message: str) -> None:
+    """argparse's error, as one line and exit 2."""
+    print(f"celery-chaos: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _int(value: str, option: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{option} {value!r}: not a whole number") from None
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    """``celery-chaos explore``: see :mod:`harness.explore.search`."""
+    from harness.deployment.app_loader import DEFAULT_APP
+    from harness.explore.search import MINIMAL_FILE, Explorer
+    from harness.explore.strategies import space_for
+    from harness.load.workload import load_workload
+    from harness.report.explorer import write_explorer_page
+    from harness.results import new_run_dir
+    from harness.runner.app import SAMPLE_WORKLOAD, AppUnderTest
+    from harness.runner.catalog import get
+    from harness.runner.loadtest import parse_duration
+    from harness.spec.model import load_spec
+
+    budget = parse_duration(args.budget, "--budget")
+    if budget <= 0:
+        raise UsageError(f"--budget {args.budget}: must be more than 0 seconds")
+    seed = _int(args.seed, "--seed")
+    ints = {o: _int(getattr(args, o.replace("-", "_")), f"--{o}")
+            for o in ("max-examples", "max-faults", "reruns", "min-fails", "replays")}
+    if not args.scenario and not args.spec:
+        raise UsageError("explore needs --scenario NAME (a catalog scenario) or --spec FILE")
+    base = get(args.scenario) if args.scenario else load_spec(args.spec)
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    space = space_for(base, faults, ints["max-faults"])
+    app_spec = args.chaos_app or base.app or DEFAULT_APP
+    if app_spec != DEFAULT_APP and not args.chaos_workload:
+        raise UsageError(f"--chaos-app {app_spec} needs --chaos-workload FILE")
+    app = AppUnderTest.resolve(app_spec, load_workload(args.chaos_workload or SAMPLE_WORKLOAD))
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()):
+            raise UsageError(f"--out {out} is not empty: an exploration never overwrites one")
+    else:
+        out = new_run_dir(Path("reports") / "explore")
+    explorer = Explorer(
+        base, app, out, space, budget_s=budget, max_examples=ints["max-examples"],
+        seed=seed, reruns=ints["reruns"], min_fails=ints["min-fails"],
+        replays=ints["replays"],
+        say=lambda line: print(line, flush=True),
+    )
+    print(f"celery-chaos explore: {base.name}, faults {', '.join(space.faults)}, budget "
+          f"{budget:.0f} s, seed {seed}; output in {out}", flush=True)
+    result = explorer.run()
+    page = write_explorer_page(out, result, MINIMAL_FILE)
+    if result.minimal is not None:
+        fails = sum(r.verdict.value == "invalid" for r in result.replays)
+        print(f"celery-chaos explore: violation, shrunk to {len(result.minimal.schedule)} "
+              f"fault(s); replays failed {fails} of {len(result.replays)}; "
+              f"{out / MINIMAL_FILE}; report {page}", flush=True)
+    else:
+        print(f"celery-chaos explore: no violation in {len(result.examples)} example(s) "
+              f"({result.stopped}); report {page}", flush=True)
+    return result.exit_code
+
+
 def catalog_module() -> Path:
     """The packaged catalog's pytest module (every shipped spec, or ``--chaos-spec-file``)."""
     import harness.catalog
@@ -213,19 +306,80 @@ def _scenario_dirs(path: Path) -> list[Path]:
     )
 
 
-def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
-    """Re-check every history under ``path``; compare with what each scenario declared."""
+@dataclass
+class _Declared:
+    """What a scenario directory says about how its history is judged."""
+
+    expect: str | None = "valid"  # None: an interrupted run that recorded no spec.json
+    exactly_once: bool = False
+    checkers: list[Any] = field(default_factory=list)
+    kept: list[Any] = field(default_factory=list)  # recorded results that cannot be re-judged
+    interrupted: bool = False  # a history, no result.json: the run was killed mid-way
+    notes: list[str] = field(default_factory=list)
+
+
+def _declared(sdir: Path, history: Any, exactly_once: bool) -> _Declared:
+    """The declared verdict and checkers of a scenario: its ``result.json``; for a run that
+    was interrupted (no ``result.json``, a ``spec.json`` or a scenario record in its history)
+    its ``spec.json`` if it has one; for a bare history, ``valid`` and the queue invariant."""
     from pydantic import ValidationError
 
     from harness.checks.registry import UnknownChecker, rebuild
+    from harness.history.schema import Kind
+    from harness.results import ScenarioResult
+    from harness.runner.run import SPEC_FILE
+    from harness.spec.model import load_spec
+
+    result_file = sdir / "result.json"
+    if result_file.is_file():
+        try:
+            stored = ScenarioResult.model_validate_json(result_file.read_text())
+            checkers = [rebuild(spec) for spec in stored.checkers]
+            queue = stored.queue
+        except (ValidationError, UnknownChecker) as exc:
+            first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc
+            raise UsageError(f"{result_file} is not a scenario result: {first}") from None
+        return _Declared(
+            expect=stored.expect,
+            exactly_once=exactly_once or (queue is not None and queue.exactly_once),
+            checkers=checkers,
+            kept=stored.invariants,
+        )
+    spec_file = sdir / SPEC_FILE
+    started = any(r.kind is Kind.SCENARIO and r.phase == "start" for r in history)
+    if not spec_file.is_file():
+        return _Declared(interrupted=started, expect=None if started else "valid",
+                         exactly_once=exactly_once)
+    spec = load_spec(spec_file)  # bad input: one line, exit 2
+    out = _Declared(expect=spec.expect, interrupted=True,
+                    exactly_once=exactly_once or spec.checks.exactly_once)
+    for check in spec.checks.invariants:
+        if "${" in json.dumps(check.params):
+            out.notes.append(f"{check.checker}: not judged (its parameters name outputs of "
+                             "steps the interrupted run may not have reached)")
+            continue
+        try:
+            out.checkers.append(rebuild(check.model_dump(mode="json")))
+        except UnknownChecker as exc:
+            raise UsageError(f"{spec_file}: {exc}") from None
+    return out
+
+
+def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
+    """Re-check every history under ``path``; compare with what each scenario declared.
+
+    A scenario whose run was interrupted (killed: a history but no ``result.json``) is
+    ``unknown`` and never as declared (exit 2); a history with unreadable lines is never
+    ``valid`` (:func:`harness.checks.verdict.check_complete`)."""
     from harness.checks.verdict import Verdict, check_history
     from harness.history.store import read_history
-    from harness.results import Expect, ScenarioResult, exit_code_of
+    from harness.results import exit_code_of
 
     path = Path(path_str)
     if not path.exists():
         raise UsageError(f"no such directory: {path}")
-    outcomes: list[tuple[Verdict, Expect]] = []
+    outcomes: list[tuple[Verdict, Any]] = []
+    interrupted = False
     out = []
     for sdir in _scenario_dirs(path):
         hist_dir = sdir / "history" if (sdir / "history").is_dir() else sdir
@@ -233,52 +387,67 @@ def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
             history = read_history(hist_dir)
         except ValueError as exc:
             raise UsageError(f"{hist_dir}: {exc}") from None
-        expect: Expect = "valid"
-        declared_once = exactly_once
-        extra = []
-        kept = []
-        result_file = sdir / "result.json"
-        if result_file.is_file():
-            try:
-                stored = ScenarioResult.model_validate_json(result_file.read_text())
-                extra = [rebuild(spec) for spec in stored.checkers]
-                queue = stored.queue
-            except (ValidationError, UnknownChecker) as exc:
-                first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc
-                raise UsageError(f"{result_file} is not a scenario result: {first}") from None
-            expect = stored.expect
-            declared_once = exactly_once or (queue is not None and queue.exactly_once)
-            kept = stored.invariants
-        invariants = check_history(history, exactly_once=declared_once, extra=extra)
+        declared = _declared(sdir, history, exactly_once)
+        invariants = check_history(
+            history, exactly_once=declared.exactly_once, extra=declared.checkers
+        )
         # A checker stored without a spec (a custom function): its recorded result stands.
         judged = {i.name for i in invariants}
         invariants += [
             i.model_copy(update={"problems": [*i.problems, "(as recorded: not re-judged)"]})
-            for i in kept
+            for i in declared.kept
             if i.name not in judged
         ]
         verdict = Verdict.combine(i.verdict for i in invariants)
-        as_declared = verdict.value == expect
-        outcomes.append((verdict, expect))
+        if declared.interrupted:  # the run did not finish: whatever the lines read say
+            verdict = Verdict.UNKNOWN
+            interrupted = True
+        outcomes.append((verdict, declared.expect or "unknown"))
         out.append(
             {
                 "scenario": sdir.name,
                 "verdict": verdict.value,
-                "expect": expect,
-                "as_declared": as_declared,
+                "expect": declared.expect,
+                "as_declared": not declared.interrupted and verdict.value == declared.expect,
+                "interrupted": declared.interrupted,
+                "history": {
+                    "records": len(history),
+                    "files": len(history.files),
+                    **history.skipped().model_dump(mode="json"),
+                },
                 "invariants": [i.model_dump(mode="json") for i in invariants],
+                "notes": declared.notes,
             }
         )
     if as_json:
         print(json.dumps(out, indent=2))
     else:
         for item in out:
-            mark = "ok " if item["as_declared"] else "BAD"
-            print(f"{mark} {item['scenario']}: {item['verdict']} (declared {item['expect']})")
-            for inv in item["invariants"]:
-                for problem in inv["problems"]:
-                    print(f"      {inv['name']}: {problem}")
-    return exit_code_of(outcomes)
+            _print_analyzed(item)
+    return exit_code_of(outcomes, infra_error=interrupted)
+
+
+def _print_analyzed(item: dict[str, Any]) -> None:
+    """One scenario of ``analyze``'s text output."""
+    from harness.history.store import SkippedLines
+
+    declared = f"declared {item['expect'] or 'nothing: no spec.json'}"
+    if item["interrupted"]:
+        print(f"INT {item['scenario']}: unknown (interrupted: the run did not finish, no "
+              f"result.json; {declared})")
+    else:
+        mark = "ok " if item["as_declared"] else "BAD"
+        print(f"{mark} {item['scenario']}: {item['verdict']} ({declared})")
+    hist = item["history"]
+    skipped = SkippedLines.model_validate({k: v for k, v in hist.items()
+                                           if k in SkippedLines.model_fields})
+    print(f"      history: {hist['records']} records in {hist['files']} files; "
+          f"{skipped.describe()}")
+    for inv in item["invariants"]:
+        for problem in inv["problems"]:
+            print(f"      {inv['name']}: {problem}")
+    for note in item["notes"]:
+        print(f"      {note}")
 
 
 def cmd_load(args: argparse.Namespace, argv: list[str]) -> int:
@@ -310,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_analyze(args.path, args.exactly_once, args.json)
         if args.command == "load":
             return cmd_load(args, argv[1:])
+        if args.command == "explore":
+            return cmd_explore(args)
         if args.command == "toxiproxy":  # the same entry as `python -m harness.faults.proxy`
             from harness.faults.proxy.__main__ import main as proxy_main
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from harness.checks.queue import QueueCheckResult
 from harness.checks.verdict import QUEUE, InvariantResult, Verdict
+from harness.history.store import SkippedLines
 
 VERDICT_SCHEMA_VERSION = 1
 #: What a scenario declares; ``unknown`` only for runs that cannot drain (an existing deployment).
@@ -58,6 +59,9 @@ class ScenarioResult(BaseModel):
     deployment: dict[str, Any] = Field(default_factory=dict)
     #: Names of the faults injected (``kill_worker``, ...), in order of first use.
     faults: list[str] = Field(default_factory=list)
+    #: Lines of the history that were not records: torn last lines of files (noted) and
+    #: unreadable lines (the verdict is then never valid); None before the check ran.
+    history_lines: SkippedLines | None = None
 
     @property
     def as_expected(self) -> bool:
@@ -225,3 +229,52 @@ def settings_over_defaults(settings: dict[str, Any], broker: str) -> dict[str, A
         else:
             values[key] = settings.get(key, DEFAULTS.get(key))
     return from_conf(values, broker)
+
+
+class ExploreRun(BaseModel):
+    """One run of an explored schedule: where it is, its verdict or its error."""
+
+    name: str
+    dir: str
+    verdict: Verdict
+    error: str | None = None
+    wall_s: float = 0.0
+    problems: list[str] = Field(default_factory=list)
+
+
+class ExploreExample(BaseModel):
+    """One schedule an exploration tried, with every run of it."""
+
+    index: int
+    #: ``generate`` (drawn) or ``shrink`` (a smaller candidate of a failing one).
+    phase: Literal["generate", "shrink"]
+    schedule: list[dict[str, Any]]
+    runs: list[ExploreRun] = Field(default_factory=list)
+    #: ``violation``: failed min_fails of its runs; ``flaky``: failed fewer; ``valid``;
+    #: ``error``: no run reached a verdict.
+    outcome: Literal["violation", "flaky", "valid", "error"]
+    #: The shrink order: faults, total window seconds, total trigger seconds.
+    complexity: list[float] = Field(default_factory=list)
+
+
+class ExplorationResult(BaseModel):
+    """The content of ``exploration.json`` (``celery-chaos explore``)."""
+
+    base: str
+    app: str
+    seed: int
+    budget_s: float
+    max_examples: int
+    reruns: int
+    min_fails: int
+    started: str
+    elapsed_s: float
+    runs: int
+    stopped: str
+    examples: list[ExploreExample] = Field(default_factory=list)
+    first_failure_s: float | None = None
+    shrink_runs: int = 0
+    minimal: ExploreExample | None = None
+    replays: list[ExploreRun] = Field(default_factory=list)
+    flaky: list[int] = Field(default_factory=list)
+    exit_code: int = 2

@@ -331,3 +331,86 @@ def test_run_outside_a_checkout_collects_the_packaged_catalog(tmp_path: Path) ->
     assert "harness/catalog/test_catalog.py::test_catalog[rabbitmq_acks_late_survives_kill-main]" \
         in proc.stdout, proc.stdout
     assert "1/" in proc.stdout and not (tmp_path / "reports").exists()
+
+
+def _garble(hist: Path, *, middle: bool, torn: bool) -> Path:
+    """The worker's file of ``hist`` with a garbled line 2 (``middle``) and a torn last line."""
+    (path,) = hist.glob("worker-*.jsonl")
+    lines = path.read_text().splitlines(keepends=True)
+    if middle:
+        lines.insert(1, '{"v": 1, "kind": "succ\n')
+    if torn:
+        lines.append(lines[0][:25])  # SIGKILL mid-write: no line end
+    path.write_text("".join(lines))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("lose", "middle", "code", "verdict"),
+    [
+        (False, True, 2, "unknown"),  # a lost line may hide a lost task: never valid
+        (True, True, 1, "invalid"),  # a violation in the lines read stays a violation
+        (False, False, 0, "valid"),  # only the torn last line of a killed writer: noted
+    ],
+)
+def test_analyze_never_says_valid_on_lines_it_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], lose: bool, middle: bool, code: int,
+    verdict: str,
+) -> None:
+    hist = _history(tmp_path / "s", lose=lose)
+    path = _garble(hist, middle=middle, torn=True)
+    assert main(["analyze", str(hist)]) == code
+    out = capsys.readouterr().out
+    assert f"s: {verdict} (declared valid)" in out, out
+    torn_at = f"{path.name}:{len(path.read_text().splitlines())}"  # the file's last line
+    assert f"1 torn last line ({torn_at})" in out, out
+    if middle:
+        assert f"1 unreadable line ({path.name}:2)" in out, out
+        assert f"history_complete: 1 unreadable history line ({path.name}:2)" in out, out
+    else:
+        assert "0 unreadable lines" in out and "history_complete" not in out, out
+    assert main(["analyze", "--json", str(hist)]) == code
+    (item,) = json.loads(capsys.readouterr().out)
+    assert item["verdict"] == verdict
+    assert item["history"]["torn"] == 1 and item["history"]["torn_at"] == [torn_at]
+    assert item["history"]["unreadable"] == int(middle)
+    assert item["history"]["unreadable_at"] == ([f"{path.name}:2"] if middle else [])
+
+
+def _interrupted(run: Path, *, spec: bool) -> Path:
+    """A run killed by SIGKILL: a scenario's history (started, a task lost so far) and its
+    ``spec.json`` (a negative control) when ``spec``, but no ``result.json``."""
+    from harness.runner.catalog import get
+
+    sdir = run / "scenarios" / "rabbitmq_early_ack_loses_tasks-main"
+    hist = _history(sdir, lose=True)
+    HistoryWriter(hist, "harness", "harness").write(Kind.SCENARIO, name=sdir.name, phase="start")
+    if spec:
+        data = get("rabbitmq_early_ack_loses_tasks-main").to_json()
+        data["checks"]["invariants"] = [
+            {"checker": "no_hung_tasks", "params": {"bound_s": 30}},
+            {"checker": "publish_bounded", "params": {"bound_s": 5, "ids": "${kill.tasks}"}},
+        ]
+        (sdir / "spec.json").write_text(json.dumps(data))
+    return run
+
+
+@pytest.mark.parametrize("spec", [True, False])
+def test_analyze_an_interrupted_run_is_unknown_never_as_declared(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: bool
+) -> None:
+    run = _interrupted(tmp_path / "run", spec=spec)
+    assert main(["analyze", str(run)]) == 2  # the run did not finish
+    out = capsys.readouterr().out
+    declared = "declared invalid" if spec else "declared nothing: no spec.json"
+    assert ("INT rabbitmq_early_ack_loses_tasks-main: unknown (interrupted: the run did not "
+            f"finish, no result.json; {declared})") in out, out
+    assert "ok " not in out
+    if spec:  # spec.json's checkers run, but one that names step outputs cannot
+        assert "publish_bounded: not judged" in out, out
+    assert main(["analyze", "--json", str(run)]) == 2
+    (item,) = json.loads(capsys.readouterr().out)
+    assert (item["verdict"], item["interrupted"], item["as_declared"]) == ("unknown", True, False)
+    assert item["expect"] == ("invalid" if spec else None)
+    names = [i["name"] for i in item["invariants"]]
+    assert names == (["queue", "no_hung_task"] if spec else ["queue"])

@@ -470,3 +470,22 @@ class ScheduleRun:
     def abort(self) -> None:
         """Stop every step still waiting (teardown after an interrupt)."""
         self._abort.set()
+
+
+def describe_steps(steps: list[dict[str, Any]]) -> str:
+    """A schedule (its JSON form) in words, for people: ``kill_worker(w1) at 1.2 s;
+    pause_worker(w2) for 3.0 s when w2 runs a task 0.3 s old``."""
+    parts = []
+    for s in steps:
+        do, when = s["do"], s.get("when", {})
+        target = do.get("worker") or do.get("links") or do.get("beat") or ""
+        if "running" in when:
+            run = when["running"]
+            trig = f"when {run['worker']} runs a task {run.get('min_age', 0)} s old"
+        elif "at" in when:
+            trig = f"at {when['at']} s"
+        else:
+            trig = "on its trigger"
+        held = f" for {s['duration']} s" if s.get("duration") is not None else ""
+        parts.append(f"{do['op']}({target}){held} {trig}")
+    return "; ".join(parts)

@@ -1,0 +1,1 @@
+"""Exploration: generated fault schedules, run for real, shrunk to a minimal failing one."""
