@@ -190,3 +190,17 @@ def test_terminate_worker_sigkills_only_after_the_grace(tmp_path: Path) -> None:
     step = parse_fault("terminate-worker:w1@5s")
     assert step.do == parse_op({"op": "terminate_worker", "worker": "w1"})
     assert step.do.grace_s == 30.0  # type: ignore[attr-defined]
+
+
+def test_a_trigger_not_required_skips_its_step_and_the_run_goes_on(tmp_path: Path) -> None:
+    dep = FakeDeployment(tmp_path)
+    run = _run(dep, [
+        {"id": "never", "when": {"records": {"kind": "failed"}, "timeout": 0.2,
+                                 "required": False},
+         "do": {"op": "kill_worker", "worker": "w1"}},
+        {"when": {"after": "never"}, "do": {"op": "crash_broker"}},
+    ])
+    assert "fewer than 1 failed records" in run.windows["never"].detail["skipped"]
+    assert [what for _, what, _ in dep.calls] == ["crash", "start"], dep.calls
+    assert [(n, p) for n, p, _ in _faults(tmp_path)] == [
+        ("crash_broker", "start"), ("crash_broker", "end")]

@@ -111,8 +111,11 @@ def fault_step(
     when: dict[str, Any]
     if worker is not None and draw(st.booleans()):
         min_age = draw(_tenths(0.1, 0.6))
+        # Not required: when the worker never runs such a task (the load ended, the broker
+        # was down), the fault does not fire and the run goes on.
         when = {"running": {"worker": worker, "n": 1, "min_age": min_age,
-                            "max_age": round(min_age + 0.3, 1)}}
+                            "max_age": round(min_age + 0.3, 1)},
+                "timeout": round(space.horizon_s + 5.0, 1), "required": False}
     else:
         when = {"at": draw(_tenths(0.0, space.horizon_s))}
     step: dict[str, Any] = {"id": f"f{index + 1}", "when": when, "do": do}

@@ -115,6 +115,9 @@ class Trigger(_Cond):
     log: LogCond | None = None
     #: Bound of each condition's wait (s); past it the schedule fails (infrastructure error).
     timeout: float = Field(30.0, gt=0)
+    #: ``false``: past the timeout the step is skipped (recorded in the run's schedule as
+    #: not fired) instead of failing the run; generated schedules use it for ``running``.
+    required: bool = True
 
     def steps(self) -> list[str]:
         """Step ids this trigger refers to."""
@@ -241,6 +244,10 @@ def close_window(dep: Deployment, op: Op, win: Window, *, heal: bool = True) -> 
 
 class _Aborted(Exception):
     """Another step failed: stop waiting."""
+
+
+class _Skipped(Exception):  # noqa: N818 - control flow
+    """A trigger that is not required never held: the step does not fire."""
 
 
 class ScheduleRun:
@@ -422,7 +429,13 @@ class ScheduleRun:
         win = self.windows[step.id]
         label = f"step {step.id} ({step.do.op})"
         try:
-            self.wait_trigger(step.when, win, label)
+            try:
+                self.wait_trigger(step.when, win, label)
+            except InfrastructureError as exc:
+                if step.when.required:
+                    raise
+                win.detail["skipped"] = str(exc)
+                raise _Skipped from None
             op = self._resolved_op(step.do)
             opened = False
             try:
@@ -437,6 +450,8 @@ class ScheduleRun:
                 if win.start_ns is not None:
                     close_window(self.dep, op, win, heal=opened)
             self._ended[step.id].set()
+        except _Skipped:
+            self._ended[step.id].set()  # later steps waiting for it go on
         except _Aborted:
             return
         except BaseException as exc:  # noqa: BLE001 - gathered, raised by run()

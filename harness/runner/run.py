@@ -123,7 +123,7 @@ def _window_summary(win: Window, scenario: Scenario) -> dict[str, Any]:
     if win.task_ids:
         out["tasks"] = win.task_ids
     detail = win.public_detail()
-    for key in ("picked", "hit", "pid"):
+    for key in ("picked", "hit", "pid", "skipped"):
         if key in detail:
             out[key] = detail[key]
     return out
