@@ -1,0 +1,142 @@
+"""Duplicate execution (failure modes 27, 28, 34): does a task run twice though nothing failed?
+
+The specs are in ``harness/catalog/duplicates.yaml``; each requires exactly once
+(``checks.exactly_once``), so a second completion of one id makes the queue invariant
+``invalid`` and names the id. Measured on Celery 5.7.0 / kombu 5.7.0 with Redis, a 2 s
+visibility timeout and kombu's restore sweep every 1 s (docs/invariants.md, "Duplicates"):
+
+- a message is restored to the queue (``redelivered``) 2.0-2.4 s after its delivery while
+  its first run is still going: another pool child starts it again, and both runs succeed;
+  nothing fails and no worker logs anything;
+- a message held for its ETA (countdown 5 s) is restored 2.0-2.9 s after its delivery, then
+  again 2.0-2.1 s later: each copy is held, and every copy starts at the ETA (3 runs of each
+  id in 10 of 10 runs), with Celery's default ack too (an ETA message is acknowledged only
+  when its run starts);
+- with a visibility timeout above the run and the countdown, each task is delivered once.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+
+from harness.history.schema import Kind, Record
+from harness.runner.catalog import specs
+from harness.runner.run import ScenarioRun
+from harness.spec.model import ScenarioSpec
+
+SPECS = specs("duplicates")
+#: The specs' numbers: the short visibility timeout and the countdown (s).
+VT, COUNTDOWN = 2.0, 5.0
+#: Slack on lower bounds only: records are written a few ms after the events they record.
+SLACK = 0.25
+
+
+def _ids(run: ScenarioRun, step: str) -> list[str]:
+    ids = run.window(step).task_ids
+    assert ids, f"step {step} published nothing"
+    return ids
+
+
+def _records(run: ScenarioRun, task_id: str, kind: Kind) -> list[Record]:
+    return sorted((r for r in run.history() if r.task_id == task_id and r.kind is kind),
+                  key=lambda r: r.mono_ns)
+
+
+def _published_ns(run: ScenarioRun, task_id: str) -> int:
+    return _records(run, task_id, Kind.OK)[0].mono_ns
+
+
+def _deliveries(run: ScenarioRun, ids: list[str]) -> dict[str, list[float]]:
+    """Per id: each delivery (``received``), in seconds after its publish was acknowledged."""
+    return {t: [round((r.mono_ns - _published_ns(run, t)) / 1e9, 3)
+                for r in _records(run, t, Kind.RECEIVED)] for t in ids}
+
+
+def _nothing_failed(run: ScenarioRun) -> None:
+    """No fault was injected and no task failed: the duplicates come from the settings."""
+    queue = run.result.queue
+    assert queue is not None
+    assert not any(r.kind in (Kind.FAULT, Kind.FAILED) for r in run.history())
+    assert queue.counts.lost == 0 and queue.counts.failed == 0, queue.problems
+
+
+def _redelivered_while_running(run: ScenarioRun) -> None:
+    """Each nap ran twice or more: a redelivery no sooner than the visibility timeout after
+    the first delivery, started while the first run was still going."""
+    queue = run.result.queue
+    assert queue is not None
+    naps = _ids(run, "naps")
+    assert set(naps) <= set(queue.duplicated), (naps, queue.duplicated)
+    for t in naps:
+        received = _records(run, t, Kind.RECEIVED)
+        started = _records(run, t, Kind.STARTED)
+        done = _records(run, t, Kind.SUCCEEDED)
+        assert len(done) == queue.duplicated[t] >= 2 and len(started) == len(done)
+        assert received[0].redelivered is False and all(r.redelivered for r in received[1:])
+        assert (received[1].mono_ns - received[0].mono_ns) / 1e9 >= VT - SLACK, received
+        assert started[1].mono_ns < done[0].mono_ns, "the second run began after the first ended"
+        assert len({r.pid for r in started}) == len(started)  # different pool children
+    run.add_metrics(deliveries_s=_deliveries(run, naps))
+
+
+def _restored_while_held(run: ScenarioRun) -> None:
+    """Each countdown task was delivered again while its worker held it for the ETA, and
+    every copy ran at the ETA."""
+    queue = run.result.queue
+    assert queue is not None
+    later = _ids(run, "later")
+    assert set(later) <= set(queue.duplicated), (later, queue.duplicated)
+    for t in later:
+        received = _records(run, t, Kind.RECEIVED)
+        started = _records(run, t, Kind.STARTED)
+        assert len(started) == queue.duplicated[t] >= 2
+        assert len(received) == len(started)
+        # a copy came back while the first was held for its ETA, restored by the sweep
+        assert received[1].mono_ns < started[0].mono_ns, (received, started)
+        assert received[0].redelivered is False and all(r.redelivered for r in received[1:])
+        gaps = [(b.mono_ns - a.mono_ns) / 1e9 for a, b in pairwise(received)]
+        assert min(gaps) >= VT - SLACK, gaps
+        first_start = (started[0].mono_ns - _published_ns(run, t)) / 1e9
+        assert first_start >= COUNTDOWN - SLACK, first_start  # the countdown held
+    run.add_metrics(deliveries_s=_deliveries(run, later))
+
+
+def _each_once(run: ScenarioRun) -> None:
+    """Every task was delivered, started and completed exactly once; the countdown held."""
+    queue = run.result.queue
+    assert queue is not None
+    ids = _ids(run, "naps") + _ids(run, "later")
+    assert queue.duplicated == {} and queue.reexecuted == {}, queue.notes
+    assert queue.counts.completed == queue.counts.acknowledged == len(ids)
+    for t in ids:
+        assert len(_records(run, t, Kind.RECEIVED)) == 1, t
+    for t in _ids(run, "later"):
+        (start,) = _records(run, t, Kind.STARTED)
+        assert (start.mono_ns - _published_ns(run, t)) / 1e9 >= COUNTDOWN - SLACK
+    run.add_metrics(deliveries_s=_deliveries(run, ids))
+
+
+CHECKS = {
+    "redis_visibility_timeout_shorter_than_task_runs_it_twice": _redelivered_while_running,
+    "redis_countdown_longer_than_visibility_timeout_runs_it_again": _restored_while_held,
+    "redis_visibility_timeout_above_run_and_countdown_runs_once": _each_once,
+}
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_duplicates(chaos_run, spec: ScenarioSpec) -> None:  # type: ignore[no-untyped-def]
+    """Each catalog spec of the family ends as declared, for the reason it claims."""
+    run: ScenarioRun = chaos_run(spec)
+    queue = run.result.queue
+    assert queue is not None and queue.exactly_once
+    assert run.result.verdict == spec.expect, run.invariant("queue").problems
+    _nothing_failed(run)
+    if spec.expect == "invalid":
+        # the one problem is the duplicates, and it names every duplicated id
+        (problem,) = run.invariant("queue").problems
+        assert "completed more than once" in problem
+        assert all(f"{t} (x{n})" in problem for t, n in queue.duplicated.items()), problem
+    CHECKS[spec.name](run)
