@@ -161,3 +161,36 @@ def test_bad_options(tmp_path: Path) -> None:
         opts: dict[str, Any] = {"budget_s": 10, "max_examples": 5, "seed": 0, **kw}
         with pytest.raises(UsageError, match=msg):
             Explorer(BASE, APP, tmp_path, space, **opts)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--budget", "0"], "--budget 0: must be more than 0 seconds"),
+        (["--faults", "kill_worker,melt_cpu"], "unknown fault 'melt_cpu' in --faults"),
+        (["--seed", "twelve"], "--seed 'twelve': not a whole number"),
+        (["--max-examples", "x"], "--max-examples 'x': not a whole number"),
+        (["--budget", "10 minutes"], "bad --budget '10 minutes'"),
+    ],
+)
+def test_bad_explore_input_is_one_line_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.cli import main
+
+    out = tmp_path / "out"
+    code = main(["explore", "--scenario", BASE.name, "--out", str(out), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not out.exists(), "nothing started"
+
+
+def test_explore_never_overwrites_an_output_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.cli import main
+
+    (tmp_path / "kept.txt").write_text("recorded by the user")
+    assert main(["explore", "--scenario", BASE.name, "--out", str(tmp_path)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (tmp_path / "kept.txt").read_text() == "recorded by the user"
