@@ -26,6 +26,7 @@ from harness.deployment.brokers import RabbitMQServer, RedisServer
 from harness.deployment.links import LinkProxies
 from harness.deployment.sinks import FlakyHttpServer, SmtpSink, seed_reports_db
 from harness.deployment.workers import Beat, Worker
+from harness.errors import InfrastructureError
 from harness.results import safe_name
 
 #: Where to find the broker binaries when they are not where the Debian packages put them.
@@ -51,6 +52,22 @@ def redis_server(run_dir: Path, **kwargs: Any) -> RedisServer:
     )
 
 
+def _started(make: Callable[[int], Any], attempts: int = 2) -> Any:
+    """Start a broker made by ``make(attempt)``; a start that fails (a free port taken by
+    another process between its choice and the bind: seen when two runs start at the same
+    instant) is stopped and tried once more with fresh ports, in a folder of its own, so the
+    first attempt's log stays. A broker that never started is never kept."""
+    for attempt in range(1, attempts + 1):
+        broker = make(attempt)
+        try:
+            return broker.start()
+        except InfrastructureError:
+            broker.stop()
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class SharedBrokers:
     """Brokers shared by the scenarios of one session, started on first use.
@@ -74,12 +91,12 @@ class SharedBrokers:
         if group not in self._rabbits:
             t0 = time.monotonic()
             folder = self.folder if group == "shared" else f"{self.folder}-{safe_name(group)}"
-            node = RabbitMQServer(
-                self.root.resolve() / folder,
-                bin_dir=os.environ.get(RABBITMQ_BIN_ENV, "/usr/lib/rabbitmq/bin"),
+            self._rabbits[group] = _started(
+                lambda attempt: RabbitMQServer(
+                    self.root.resolve() / (folder + ("" if attempt == 1 else f"-{attempt}")),
+                    bin_dir=os.environ.get(RABBITMQ_BIN_ENV, "/usr/lib/rabbitmq/bin"),
+                )
             )
-            self._rabbits[group] = node
-            node.start()
             self.startup_s += time.monotonic() - t0
         return self._rabbits[group]
 
@@ -87,8 +104,12 @@ class SharedBrokers:
         """The session's Redis server for result backends."""
         if self._redis is None:
             t0 = time.monotonic()
-            self._redis = redis_server(self.root.resolve() / self.folder, name="redis-results")
-            self._redis.start()
+            self._redis = _started(
+                lambda attempt: redis_server(
+                    self.root.resolve() / self.folder,
+                    name="redis-results" + ("" if attempt == 1 else f"-{attempt}"),
+                )
+            )
             self.startup_s += time.monotonic() - t0
         return self._redis
 

@@ -1,0 +1,35 @@
+"""The local backend's shared brokers: a failed start is retried once, never kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.backends.local import _started
+from harness.errors import InfrastructureError
+
+
+class FakeBroker:
+    def __init__(self, attempt: int, fails: set[int], log: list[str]) -> None:
+        self.attempt, self.fails, self.log = attempt, fails, log
+
+    def start(self) -> FakeBroker:
+        self.log.append(f"start {self.attempt}")
+        if self.attempt in self.fails:
+            raise InfrastructureError(f"port clash on attempt {self.attempt}")
+        return self
+
+    def stop(self) -> None:
+        self.log.append(f"stop {self.attempt}")
+
+
+def test_a_failed_start_is_stopped_and_tried_once_more() -> None:
+    log: list[str] = []
+    broker = _started(lambda n: FakeBroker(n, {1}, log))
+    assert broker.attempt == 2 and log == ["start 1", "stop 1", "start 2"]
+
+
+def test_two_failed_starts_raise_the_second_error() -> None:
+    log: list[str] = []
+    with pytest.raises(InfrastructureError, match="attempt 2"):
+        _started(lambda n: FakeBroker(n, {1, 2}, log))
+    assert log == ["start 1", "stop 1", "start 2", "stop 2"]
