@@ -255,10 +255,16 @@ class RabbitMQServer:
         )
         try:
             conn.connect()
-            self._version = str(conn.server_properties.get("version", "")) or self._version
+            props = conn.server_properties
+            self._version = str(props.get("version", "")) or self._version
         finally:
             conn.collect()
-        return True
+        # Our node, not another on the same port (two runs that chose the same free port at
+        # the same instant: the loser's node exits, and its login must not pass on the
+        # winner's). A node's default cluster name is its node name, with the machine's host
+        # name after the @ (measured: chaos-5d00417b@vm for chaos-5d00417b@localhost).
+        cluster = str(props.get("cluster_name", "") or "")
+        return not cluster or cluster.split("@")[0] == self.node_name.split("@")[0]
 
     def stop(self, timeout: float = 60.0) -> None:
         """Graceful stop (SIGTERM, wait up to ``timeout``), then epmd; nothing is left."""
