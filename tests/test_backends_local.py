@@ -33,3 +33,27 @@ def test_two_failed_starts_raise_the_second_error() -> None:
     with pytest.raises(InfrastructureError, match="attempt 2"):
         _started(lambda n: FakeBroker(n, {1, 2}, log))
     assert log == ["start 1", "stop 1", "start 2", "stop 2"]
+
+
+def test_a_killed_child_of_a_stopped_parent_counts_as_exited() -> None:
+    """A zombie whose parent is SIGSTOPped cannot be reaped: dead is enough for a kill."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from harness.backends.local import LocalBackend
+
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', "
+        "'import time; time.sleep(60)']); print(c.pid, flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGSTOP)
+        LocalBackend.signal_pid(child, signal.SIGKILL, wait_exit=5)  # no timeout error
+    finally:
+        os.kill(parent.pid, signal.SIGCONT)
+        parent.kill()
+        parent.wait()

@@ -37,6 +37,7 @@ def test_every_drawn_schedule_is_a_valid_coherent_spec(data: st.DataObject) -> N
     assert 1 <= len(steps) <= 4 and coherent(steps, len(space.workers))
     killed = {s["do"]["worker"] for s in steps if s["do"]["op"] == "kill_worker"}
     assert len(killed) < len(space.workers), "a worker survives every schedule"
+    assert sum(s["do"]["op"] in ("crash_broker", "stop_broker") for s in steps) <= 1
     spec = BASE.with_schedule([])  # the same deployment
     ScenarioSpec.model_validate({**spec.to_json(), "schedule": steps})
 

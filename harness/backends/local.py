@@ -24,6 +24,7 @@ from celery import Celery
 from harness.backends.base import BackendError
 from harness.deployment.brokers import RabbitMQServer, RedisServer
 from harness.deployment.links import LinkProxies
+from harness.deployment.processes import wait_for
 from harness.deployment.sinks import FlakyHttpServer, SmtpSink, seed_reports_db
 from harness.deployment.workers import Beat, Worker
 from harness.errors import InfrastructureError
@@ -50,6 +51,14 @@ def redis_server(run_dir: Path, **kwargs: Any) -> RedisServer:
     return RedisServer(
         run_dir, executable=os.environ.get(REDIS_SERVER_ENV, "redis-server"), **kwargs
     )
+
+
+def _gone(proc: psutil.Process) -> bool:
+    """Whether a process has exited (a zombie has)."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _started(make: Callable[[int], Any], attempts: int = 2) -> Any:
@@ -252,12 +261,13 @@ class LocalBackend:
             proc = psutil.Process(pid)
             proc.send_signal(sig)
             if wait_exit is not None and sig in (signal.SIGKILL, signal.SIGTERM):
-                proc.wait(wait_exit)
+                # Dead is enough: a zombie whose parent is stopped (a paused worker) cannot be
+                # reaped until the parent runs again.
+                if not wait_for(lambda: _gone(proc), wait_exit, interval=0.02):
+                    raise BackendError(f"pid {pid} did not exit within {wait_exit} s of {sig}")
         except psutil.NoSuchProcess:
             if not missing_ok and sig != signal.SIGKILL:
                 raise
-        except psutil.TimeoutExpired:
-            raise BackendError(f"pid {pid} did not exit within {wait_exit} s of {sig}") from None
 
     def worker_log(self, name: str) -> str:
         """The current process's log of a worker."""

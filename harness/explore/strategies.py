@@ -27,6 +27,10 @@ DEFAULT_FAULTS = ("kill_worker", "kill_pool_child", "pause_worker", "crash_broke
 LINK_FAULTS = ("partition", "latency")
 #: Faults that target a worker (the others act on the broker or on links).
 _WORKER_FAULTS = {"kill_worker", "kill_pool_child", "pause_worker", "pause_pool_child"}
+#: Faults that take the broker down: one a schedule (two overlapping would crash it while
+#: the other restarts it: an error of the harness, not a finding).
+_BROKER_FAULTS = {"crash_broker", "stop_broker"}
+_BROKER = "<broker>"
 #: Ops an exploration can build from a target and a duration alone.
 EXPLORABLE = (*DEFAULT_FAULTS, *LINK_FAULTS)
 
@@ -89,13 +93,15 @@ def fault_step(
     ``killed``/``targeted``: workers that earlier steps kill / aim at. The triggers are
     independent, so a schedule stays coherent by construction: no fault aims at a worker
     another step kills (it would find its target gone: an error, not a finding), and one
-    worker at least survives (with none, nothing drains: a verdict of unknown)."""
+    worker at least survives (with none, nothing drains: a verdict of unknown); the broker
+    is taken down by one step at most."""
     alive = [w for w in space.workers if w not in killed]
     killable = [w for w in alive if w not in targeted]
     ops = [
         op for op in space.faults
         if not (op in _WORKER_FAULTS and not alive)
         and not (op == "kill_worker" and (not killable or len(killed) + 1 >= len(space.workers)))
+        and not (op in _BROKER_FAULTS and _BROKER in targeted)
     ]
     op = draw(st.sampled_from(ops))
     do: dict[str, Any] = {"op": op}
@@ -104,6 +110,8 @@ def fault_step(
         worker = draw(st.sampled_from(killable if op == "kill_worker" else alive))
         do["worker"] = worker
         (killed if op == "kill_worker" else targeted).add(worker)
+    elif op in _BROKER_FAULTS:
+        targeted.add(_BROKER)  # one broker fault a schedule: a crash during another's restart
     elif op in LINK_FAULTS:
         link = draw(st.sampled_from([*space.workers, "*"])) if space.workers else "*"
         do["links"] = f"{link}-broker"
