@@ -30,7 +30,7 @@ from harness.history.store import History
 NAME = "no_hung_task"
 
 #: Faults that kill the process (``detail.pid``) a run lives in.
-KILL_FAULTS = frozenset({"kill_worker", "kill_pool_child"})
+KILL_FAULTS = frozenset({"kill_worker", "kill_pool_child", "terminate_worker"})
 #: How many hung runs a problem list names one by one.
 MAX_LISTED = 10
 

@@ -34,7 +34,7 @@ S = 1_000_000_000
 #: Task records a worker (main process or pool child) writes: each one is activity.
 _ACTIVITY = WORKER_KINDS
 #: Faults during which a worker is not expected to consume (it is dead or frozen).
-_DOWN_FAULTS = frozenset({"kill_worker", "pause_worker"})
+_DOWN_FAULTS = frozenset({"kill_worker", "terminate_worker", "pause_worker"})
 _OUTCOMES = frozenset({Kind.OK, Kind.FAIL, Kind.INFO})
 
 

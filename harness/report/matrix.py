@@ -40,6 +40,7 @@ FAULT_LABELS = {
     "pause_worker": "worker paused (SIGSTOP)",
     "stop_pool_child": "pool child paused (SIGSTOP)",
     "kill_beat": "beat killed (SIGKILL)",
+    "terminate_worker": "worker terminated (SIGTERM, SIGKILL after a grace)",
     "crash_broker": "broker crash",
     "stop_broker": "broker restart",
     "partition_blackhole": "network partition (blackhole)",

@@ -31,7 +31,9 @@ PERCENTILES = (50, 95, 99)
 _WORKER_END = {"succeeded", "failed", "retried", "revoked", "rejected"}
 _COMPLETION = {"succeeded", "failed"}
 #: Faults whose target is one worker: they touch the tasks that worker held.
-_WORKER_FAULTS = {"kill_worker", "kill_pool_child", "pause_worker", "stop_worker"}
+_WORKER_FAULTS = {
+    "kill_worker", "kill_pool_child", "pause_worker", "stop_worker", "terminate_worker"
+}
 _WORKER_NODE = re.compile(r"w\d+")
 
 
