@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.history.schema import Kind
 from harness.runner.catalog import specs
 from harness.runner.run import ScenarioRun
 from harness.spec.model import ScenarioSpec
@@ -21,6 +22,20 @@ def _hit(run: ScenarioRun) -> list[str]:
     hit = run.window("kill").detail.get("hit", [])
     assert hit, f"every task picked for the kill ended before it landed: {run.window('kill')}"
     return hit
+
+
+def _redelivery_gaps(run: ScenarioRun) -> list[float]:
+    """Seconds from each task's delivery to its redelivery (a ``received`` marked redelivered;
+    a retry's new message is received again at once and is not one)."""
+    last: dict[str, int] = {}
+    gaps: list[float] = []
+    for rec in run.history():
+        if rec.kind is not Kind.RECEIVED or rec.task_id is None:
+            continue
+        if rec.redelivered and rec.task_id in last:
+            gaps.append((rec.mono_ns - last[rec.task_id]) / 1e9)
+        last[rec.task_id] = rec.mono_ns
+    return gaps
 
 
 @pytest.mark.chaos
@@ -47,7 +62,11 @@ def test_worker_kill(chaos_run, spec: ScenarioSpec) -> None:  # type: ignore[no-
             assert set(hit) <= set(queue.lost_worker_lost)
     if spec.name == "redis_acks_late_recovers_after_visibility_timeout":
         # Nothing comes back before the visibility timeout: this pins the documented delay.
-        # The first redelivery, not the last completion: an early one must fail this.
-        recovery = result.metrics["recovery"]
-        assert recovery["first_redelivery_ns"] is not None, recovery
-        assert recovery["first_redelivery_ns"] / 1e9 >= 6 - 0.5, recovery
+        # Nothing comes back before the visibility timeout: each redelivered task is received
+        # again no sooner than 6 s after its previous delivery (kombu counts from the delivery,
+        # not from the kill: a task prefetched 1.4 s before the kill came back 4.6 s after it).
+        # Judged per delivery, so an early redelivery fails this; the last completion could not.
+        gaps = _redelivery_gaps(run)
+        assert gaps, "no task was delivered again"
+        assert min(gaps) >= 6 - 0.5, gaps
+        run.add_metrics(redelivery_gaps_s=[round(g, 2) for g in gaps])

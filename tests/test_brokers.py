@@ -228,17 +228,17 @@ def test_port_clash_is_one_line_error(tmp_path: Path) -> None:
             assert server.processes == []  # nothing was started
 
 
-def test_a_node_that_lost_its_port_is_not_ready_on_another_nodes_login(
-    rabbit: RabbitMQServer, tmp_path: Path
-) -> None:
+def test_a_node_that_lost_its_port_is_not_ready_on_another_nodes_login(tmp_path: Path) -> None:
     """Two runs that chose the same free port at once: the loser's node exits, and its start
     fails (to be tried again with fresh ports) instead of passing on the winner's login."""
-    loser = RabbitMQServer(tmp_path, start_timeout=30)
-    loser.port, loser.dist_port, loser.epmd_port = rabbit.port, free_port(), free_port()
+    winner = RabbitMQServer(tmp_path / "winner").start()  # its own: the module's may be stopped
+    loser = RabbitMQServer(tmp_path / "loser", start_timeout=30)
+    loser.port, loser.dist_port, loser.epmd_port = winner.port, free_port(), free_port()
     loser._ports_chosen = True  # the race: a port chosen free, then taken
     try:
         with pytest.raises(InfrastructureError, match="exited with code"):
             loser.start()
+        assert winner.is_running()
     finally:
         loser.stop()
-    assert rabbit.is_running()
+        winner.stop()
