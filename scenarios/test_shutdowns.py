@@ -35,7 +35,7 @@ SPECS = specs("shutdowns")
 
 def _hit(run: ScenarioRun) -> list[str]:
     """The tasks the stop picked that were still running when its (first) signal left."""
-    hit = run.window("stop").detail.get("hit", [])
+    hit = run.hit("stop")
     assert hit, f"every task picked for the stop ended before it landed: {run.window('stop')}"
     return hit
 

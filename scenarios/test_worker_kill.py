@@ -19,7 +19,7 @@ SPECS = specs("worker_kill")
 
 def _hit(run: ScenarioRun) -> list[str]:
     """The tasks the kill picked that were still running when its signal left."""
-    hit = run.window("kill").detail.get("hit", [])
+    hit = run.hit("kill")
     assert hit, f"every task picked for the kill ended before it landed: {run.window('kill')}"
     return hit
 

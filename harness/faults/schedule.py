@@ -211,6 +211,14 @@ class Schedule(BaseModel):
 # -- execution -------------------------------------------------------------------------------
 
 
+def aged(running: dict[str, Record], min_age: float, max_age: float | None) -> list[str]:
+    """Ids of the running tasks (id -> ``started``) that started ``min_age`` to ``max_age``
+    seconds ago: the one age rule of the ``running`` trigger and ``Scenario.wait_running``."""
+    now = time.monotonic_ns()
+    lo, hi = min_age * 1e9, float("inf") if max_age is None else max_age * 1e9
+    return [i for i, r in running.items() if lo <= now - r.mono_ns <= hi]
+
+
 def _record(dep: Deployment, win: Window, phase: str, op: Op) -> None:
     dep.writer.write(Kind.FAULT, name=win.name, phase=phase, target=win.target,
                      detail={**op.params(), **win.public_detail()})
@@ -399,13 +407,8 @@ class ScheduleRun:
         self._wait(f"{label}: fewer than {need} {cond.kind.value} records", count, timeout)
 
     def _wait_running(self, cond: RunningCond, label: str, timeout: float) -> list[str]:
-        lo = cond.min_age * 1e9
-        hi = float("inf") if cond.max_age is None else cond.max_age * 1e9
-
         def old() -> list[str]:
-            now = time.monotonic_ns()
-            running = self.dep.running_on(cond.worker)
-            got = [i for i, r in running.items() if lo <= now - r.mono_ns <= hi]
+            got = aged(self.dep.running_on(cond.worker), cond.min_age, cond.max_age)
             return got if len(got) >= cond.n else []
 
         span = f"{cond.min_age}-{cond.max_age} s" if cond.max_age else f"{cond.min_age} s"

@@ -45,6 +45,10 @@ class ScenarioRun:
         """One step's window (its times, detail and outputs)."""
         return self.windows[step]
 
+    def hit(self, step: str) -> list[str]:
+        """The tasks a kill step picked that were still running when its signal left."""
+        return list(self.windows[step].detail.get("hit", []))
+
     def invariant(self, name: str) -> InvariantResult:
         """One invariant's result by name."""
         return next(i for i in self.result.invariants if i.name == name)

@@ -49,7 +49,7 @@ from harness.deployment.sampler import QueueDepthSampler
 from harness.deployment.workers import Beat, Worker
 from harness.errors import InfrastructureError
 from harness.faults.context import Window
-from harness.faults.schedule import close_window, open_window
+from harness.faults.schedule import aged, close_window, open_window
 from harness.faults.vocabulary import (
     Bandwidth,
     CrashBroker,
@@ -601,12 +601,9 @@ class Scenario:
         negative control detect its loss every time.
         """
         node = _node(worker)
-        lo, hi = min_age * 1e9, float("inf") if max_age is None else max_age * 1e9
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            now = time.monotonic_ns()
-            running = self.running_on(node)
-            old = [i for i, r in running.items() if lo <= now - r.mono_ns <= hi]
+            old = aged(self.running_on(node), min_age, max_age)
             if len(old) >= n:
                 return old
             time.sleep(0.05)
