@@ -10,6 +10,10 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # Headless Chromium opens generated reports in the report tests (tests/test_report_browser.py).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# Packet-level faults (network namespaces, docs/network.md): iptables rules, socat relays.
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
+command -v socat >/dev/null 2>&1 || need+=(socat)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 for pkg in ${EXTRA_APT_PACKAGES:-}; do need+=("$pkg"); done
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -4,6 +4,13 @@ Brokers run as private child processes on free loopback ports: one RabbitMQ node
 group (each scenario in a vhost of its own), a Redis server per Redis-broker scenario, one
 Redis for result backends. The harness's own services (an SMTP sink, a flaky HTTP server,
 the sample app's SQLite database) and, for network faults, a proxy per link, run beside them.
+
+With a packet-level network (``start_network``), the scenario's broker (and, for RabbitMQ,
+a Redis for results) runs in the hub namespace of a :class:`~harness.deployment.netns.Topology`
+and every worker and the load's publisher in a namespace of its own; the harness reaches the
+broker through a loopback relay. The sample app's SMTP sink and HTTP server stay on the
+root namespace's loopback, out of the namespaces' reach: scenarios there use tasks that need
+no service (``nap``, ``hang``).
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from celery import Celery
 from harness.backends.base import BackendError
 from harness.deployment.brokers import RabbitMQServer, RedisServer
 from harness.deployment.links import LinkProxies
-from harness.deployment.processes import wait_for
+from harness.deployment.netns import HUB, Cut, Topology
+from harness.deployment.processes import free_port, wait_for
 from harness.deployment.sinks import FlakyHttpServer, SmtpSink, seed_reports_db
 from harness.deployment.workers import Beat, Worker
 from harness.errors import InfrastructureError
@@ -160,15 +168,62 @@ class LocalBackend:
         self.links: LinkProxies | None = None
         self.reports_db: Path | None = None
         self.stop_grace_s = STOP_GRACE_S
+        self.net: Topology | None = None
+        self.results: Any = None  # a private result backend (packet-level networks)
+        self._ns_urls: dict[str, str] = {}  # harness URL -> URL inside the namespaces
 
     # -- brokers and services --------------------------------------------------------------
+
+    def start_network(self, sysctls: dict[str, dict[str, int]] | None = None) -> None:
+        """A packet-level network: the nodes started after this run in namespaces."""
+        self.net = Topology(self.dir / "netns", sysctls).start()
+
+    def _start_in_hub(self, kind: str, persistence: str) -> None:
+        """The scenario's own broker in the hub namespace, reached through a relay (for
+        RabbitMQ, with a Redis of its own there for results)."""
+        assert self.net is not None
+        net, hub = self.net, self.net.address(HUB)
+
+        def redis_in_hub(name: str, persistence: str) -> RedisServer:
+            port = free_port()
+            return redis_server(
+                self.dir.resolve(), name=name, persistence=persistence, port=port,
+                prefix=net.prefix(HUB), bind=["127.0.0.1", hub],
+                access=("127.0.0.1", net.expose(HUB, port)),
+            )
+
+        self.own_broker = True
+        if kind == "redis":
+            self.broker = redis_in_hub("redis", persistence).start()
+            self.broker_url, self.backend_url = self.broker.url(0), self.broker.url(1)
+            self._ns_urls[self.broker_url] = self.broker.url_at(hub, 0)
+            self._ns_urls[self.backend_url] = self.broker.url_at(hub, 1)
+            return
+        port = free_port()
+        self.broker = RabbitMQServer(
+            self.dir.resolve(), port,
+            bin_dir=os.environ.get(RABBITMQ_BIN_ENV, "/usr/lib/rabbitmq/bin"),
+            prefix=net.prefix(HUB), listen="0.0.0.0", access=("127.0.0.1", net.expose(HUB, port)),
+        )
+        self.results = redis_in_hub("redis-results", "none")
+        in_parallel([self.broker.start, self.results.start])
+        self.vhost = "/"
+        self.broker_url = self.broker.url("/")
+        self._ns_urls[self.broker_url] = self.broker.url_at(hub, "/")
+        self.backend_url = self.results.url(1)
+        self._ns_urls[self.backend_url] = self.results.url_at(hub, 1)
 
     def start_broker_node(
         self, kind: str, *, name: str, group: str = "shared", persistence: str = "none"
     ) -> None:
-        """Get the scenario's broker: a vhost on the group's node, or a private Redis."""
+        """Get the scenario's broker: a vhost on the group's node, or a private Redis (in the
+        hub namespace with a packet-level network)."""
         self.broker_kind = kind
-        if kind == "rabbitmq":
+        if kind not in ("rabbitmq", "redis"):
+            raise BackendError(f"unknown broker {kind!r}: use rabbitmq or redis")
+        if self.net is not None:
+            self._start_in_hub(kind, persistence)
+        elif kind == "rabbitmq":
             self.broker = self.brokers.rabbitmq(group)
             self.vhost = self.brokers.new_vhost(name, group)
             self.broker_url = self.broker.url(self.vhost)
@@ -179,8 +234,6 @@ class LocalBackend:
             self.broker.start()
             self.broker_url = self.broker.url(0)
             self.backend_url = self.broker.url(1)
-        else:
-            raise BackendError(f"unknown broker {kind!r}: use rabbitmq or redis")
 
     def start_services(self) -> None:
         """The SMTP sink, the flaky HTTP server and the sample app's database."""
@@ -196,8 +249,36 @@ class LocalBackend:
         self.links = LinkProxies(self.dir / "proxy").start()
 
     def link_url(self, link: str, upstream_url: str) -> str:
-        """The URL through link ``link`` (``w1-broker``), or ``upstream_url`` unproxied."""
+        """The URL through link ``link`` (``w1-broker``), or ``upstream_url`` unproxied; with a
+        packet-level network, the URL of the hub's address, from inside the namespaces."""
+        if self.net is not None:
+            return self._ns_urls.get(upstream_url, upstream_url)
         return self.links.url(link, upstream_url) if self.links is not None else upstream_url
+
+    def command_prefix(self, node: str) -> list[str]:
+        """The prefix that runs ``node``'s process (``w1@chaos``, ``publisher``) in its
+        namespace; none on loopback."""
+        return self.net.prefix(node.split("@")[0]) if self.net is not None else []
+
+    # -- packet faults ---------------------------------------------------------------------
+
+    def _topology(self) -> Topology:
+        if self.net is None:
+            raise BackendError("packet faults need a packet-level network: deploy with "
+                               "deployment.network: netns")
+        return self.net
+
+    def packet_nodes(self, patterns: str | list[str]) -> list[str]:
+        """Nodes of the packet-level network matching globs (``w*``, ``broker``)."""
+        return self._topology().select(patterns)
+
+    def cut_packets(self, nodes: list[str], peers: list[str], *, outbound: bool, inbound: bool,
+                    loss: float | None = None) -> Cut:
+        """Drop packets between ``nodes`` and ``peers`` (see :meth:`Topology.cut`)."""
+        return self._topology().cut(nodes, peers, outbound=outbound, inbound=inbound, loss=loss)
+
+    def heal_packets(self, cut: Cut) -> None:
+        self._topology().heal(cut)
 
     def crash_broker(self) -> None:
         """SIGKILL the broker."""
@@ -234,7 +315,8 @@ class LocalBackend:
                    *, concurrency: int, pool: str) -> Worker:
         """Register a worker (not started) consuming the app's queues."""
         worker = Worker(name, queues=self.queues, env=env, log_dir=log_dir,
-                        history_dir=history_dir, concurrency=concurrency, pool=pool)
+                        history_dir=history_dir, concurrency=concurrency, pool=pool,
+                        prefix=self.command_prefix(name))
         self.workers[name] = worker
         return worker
 
@@ -309,14 +391,18 @@ class LocalBackend:
             steps.append(partial(in_parallel, stops))
         if self.own_broker and self.broker is not None:
             steps.append(self.broker.stop)
+        if self.results is not None:
+            steps.append(self.results.stop)
         steps += [s.stop for s in (self.smtp, self.http) if s is not None]
         if self.links is not None:
             steps.append(self.links.stop)
+        if self.net is not None:  # last: its namespaces end with their processes
+            steps.append(self.net.close)
         return steps
 
     def versions(self) -> dict[str, str]:
         """What ran: the backend and the broker's version."""
-        out = {"backend": self.kind}
+        out = {"backend": self.kind, "network": "netns" if self.net is not None else "loopback"}
         try:
             out["broker"] = f"{self.broker_kind} {self.broker.version()}" if self.broker else ""
         except Exception as exc:  # noqa: BLE001 - a report field

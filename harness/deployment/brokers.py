@@ -111,10 +111,19 @@ class RabbitMQServer:
         bin_dir: str | os.PathLike[str] = "/usr/lib/rabbitmq/bin",
         search_path: str | None = None,
         start_timeout: float = 60.0,
+        prefix: Sequence[str] = (),
+        listen: str = LOOPBACK,
+        access: tuple[str, int] | None = None,
     ) -> None:
         """``config``: extra ``rabbitmq.conf`` lines (e.g. ``{"consumer_timeout": "60000"}``).
-        ``bin_dir``/``search_path`` override where the RabbitMQ scripts and ``epmd`` are found."""
+        ``bin_dir``/``search_path`` override where the RabbitMQ scripts and ``epmd`` are found.
+        ``prefix`` runs every command of the node in another network namespace
+        (:mod:`harness.deployment.netns`), where the AMQP listener binds ``listen`` and the
+        harness connects through ``access`` (a relay on loopback)."""
         self.base_dir = Path(run_dir) / name
+        self.prefix = list(prefix)
+        self.listen = listen
+        self.access = access
         self.start_timeout = start_timeout
         self.config = dict(config or {})
         bin_dir = Path(bin_dir)
@@ -182,7 +191,7 @@ class RabbitMQServer:
             "ERL_EPMD_PORT": str(self.epmd_port),
             "ERL_EPMD_ADDRESS": LOOPBACK,
             "RABBITMQ_NODENAME": self.node_name,
-            "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
+            "RABBITMQ_NODE_IP_ADDRESS": self.listen,
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_MNESIA_BASE": str(self.data_dir),
@@ -204,7 +213,9 @@ class RabbitMQServer:
             (b / sub).mkdir(parents=True, exist_ok=True)
         (b / "enabled_plugins").write_text("[].\n")
         (b / "rabbitmq-env.conf").write_text("")
-        lines = {"listeners.tcp.1": f"{LOOPBACK}:{self.port}", **self.config}
+        lines = {"listeners.tcp.1": f"{self.listen}:{self.port}", **self.config}
+        if self.listen != LOOPBACK:  # clients on the namespace's bridge, not loopback
+            lines["loopback_users"] = "none"
         (b / "rabbitmq.conf").write_text("".join(f"{k} = {v}\n" for k, v in lines.items()))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -230,7 +241,8 @@ class RabbitMQServer:
         if self._epmd is None:
             self._epmd = ManagedProcess(
                 "epmd",
-                [self._epmd_bin, "-port", str(self.epmd_port), "-address", LOOPBACK],
+                [*self.prefix, self._epmd_bin, "-port", str(self.epmd_port), "-address",
+                 LOOPBACK],
                 self.base_dir,
                 env=self._env(),
             )
@@ -238,19 +250,25 @@ class RabbitMQServer:
             self._epmd.start().wait_ready(self._epmd_up, timeout=10)
 
     def _epmd_up(self) -> bool:
+        if self.prefix:  # in another namespace: ask it from there
+            res = subprocess.run([*self.prefix, self._epmd_bin, "-port", str(self.epmd_port),
+                                  "-names"], capture_output=True, timeout=5)
+            return res.returncode == 0
         with socket.create_connection((LOOPBACK, self.epmd_port), timeout=0.5):
             return True
 
     def _start_node(self) -> None:
         if self._node is None:
             self._node = ManagedProcess(
-                "rabbitmq-server", [str(self._server_bin)], self.base_dir, env=self._env()
+                "rabbitmq-server", [*self.prefix, str(self._server_bin)], self.base_dir,
+                env=self._env(),
             )
         self._node.start().wait_ready(self._amqp_login, timeout=self.start_timeout, interval=0.1)
 
     def _amqp_login(self) -> bool:
+        host, port = self.access or (LOOPBACK, self.port)
         conn = amqp.Connection(
-            host=f"{LOOPBACK}:{self.port}", userid="guest", password="guest",
+            host=f"{host}:{port}", userid="guest", password="guest",
             connect_timeout=1,
         )
         try:
@@ -296,15 +314,21 @@ class RabbitMQServer:
     # -- clients ---------------------------------------------------------------------------
 
     def url(self, vhost: str = "/") -> str:
-        """``amqp://guest:guest@127.0.0.1:PORT/<vhost>`` (``//`` for the default vhost)."""
+        """``amqp://guest:guest@127.0.0.1:PORT/<vhost>`` (``//`` for the default vhost): the
+        harness's address of the node (its relay when the node is in another namespace)."""
+        host, port = self.access or (LOOPBACK, self.port)
+        return self.url_at(host, vhost, port)
+
+    def url_at(self, host: str, vhost: str = "/", port: int | None = None) -> str:
+        """The URL of ``vhost`` at ``host`` (a namespace's address of the node)."""
         path = "/" if vhost == "/" else quote(vhost, safe="")
-        return f"amqp://guest:guest@{LOOPBACK}:{self.port}/{path}"
+        return f"amqp://guest:guest@{host}:{port or self.port}/{path}"
 
     def rabbitmqctl(self, *args: str, timeout: float = 60.0) -> str:
         """Run ``rabbitmqctl -n NODE -q ARGS`` with the node's private env; return stdout.
         A failure raises a one-line :class:`InfrastructureError`."""
         env = {**os.environ, **self._env(), **marker_env()}
-        cmd = [str(self._ctl_bin), "-n", self.node_name, "-q", *args]
+        cmd = [*self.prefix, str(self._ctl_bin), "-n", self.node_name, "-q", *args]
         try:
             res = subprocess.run(
                 cmd, env=env, capture_output=True, text=True, timeout=timeout,
@@ -389,8 +413,16 @@ class RedisServer:
         executable: str = "redis-server",
         search_path: str | None = None,
         start_timeout: float = 30.0,
+        prefix: Sequence[str] = (),
+        bind: Sequence[str] = (LOOPBACK,),
+        access: tuple[str, int] | None = None,
     ) -> None:
-        """``executable``/``search_path`` override how ``redis-server`` is found on PATH."""
+        """``executable``/``search_path`` override how ``redis-server`` is found on PATH.
+        ``prefix`` runs the server in another network namespace, bound to ``bind`` there;
+        the harness then connects through ``access`` (a relay on loopback)."""
+        self.prefix = list(prefix)
+        self.bind = list(bind)
+        self.access = access
         if persistence not in _PERSISTENCE_ARGS:
             raise ValueError(f"persistence must be one of {sorted(_PERSISTENCE_ARGS)}")
         self.persistence = persistence
@@ -435,7 +467,9 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._proc is None:
             cmd = [
-                self._bin, "--port", str(self.port), "--bind", LOOPBACK,
+                *self.prefix, self._bin, "--port", str(self.port), "--bind", *self.bind,
+                # bound beyond loopback only inside a namespace of the harness's own
+                *(["--protected-mode", "no"] if self.bind != [LOOPBACK] else []),
                 "--dir", str(self.data_dir), "--daemonize", "no", "--logfile", "",
                 # keep /proc/PID/environ (and so the harness's process marker) readable
                 "--set-proc-title", "no",
@@ -472,12 +506,19 @@ class RedisServer:
         return self._proc is not None and self._proc.is_running()
 
     def url(self, db: int = 0) -> str:
-        """``redis://127.0.0.1:PORT/<db>``."""
-        return f"redis://{LOOPBACK}:{self.port}/{db}"
+        """``redis://127.0.0.1:PORT/<db>``: the harness's address of the server (its relay
+        when the server is in another namespace)."""
+        host, port = self.access or (LOOPBACK, self.port)
+        return f"redis://{host}:{port}/{db}"
+
+    def url_at(self, host: str, db: int = 0) -> str:
+        """The URL of ``db`` at ``host`` (a namespace's address of the server)."""
+        return f"redis://{host}:{self.port}/{db}"
 
     def client(self, db: int = 0, **kwargs: object) -> redis.Redis:
         """A redis-py client for ``db`` (the caller closes it)."""
-        return redis.Redis(host=LOOPBACK, port=self.port, db=db, socket_connect_timeout=1,
+        host, port = self.access or (LOOPBACK, self.port)
+        return redis.Redis(host=host, port=port, db=db, socket_connect_timeout=1,
                            **kwargs)  # type: ignore[arg-type]
 
     def flushall(self) -> None:

@@ -28,8 +28,11 @@ class Worker:
         concurrency: int = 2,
         pool: str = "prefork",
         extra_args: list[str] | None = None,
+        prefix: list[str] | None = None,
     ) -> None:
+        """``prefix``: a command prefix (entering a network namespace; the pid stays)."""
         self.name = name
+        self.prefix = list(prefix or [])
         self.queues = queues
         self.concurrency = concurrency
         self.pool = pool
@@ -44,6 +47,7 @@ class Worker:
     def command(self) -> list[str]:
         """The worker's command line."""
         return [
+            *self.prefix,
             sys.executable,
             "-m",
             "celery",

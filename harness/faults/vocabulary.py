@@ -460,6 +460,81 @@ class Bandwidth(_LinkOp):
         self._toxics(dep, window, "bandwidth", {"rate": self.kb_per_s})
 
 
+# -- packets (network namespaces) ------------------------------------------------------------
+
+
+class _PacketOp(Op):
+    nodes: str | list[str] = Field("w*", description="node names or globs: w1, w*, publisher")
+    peers: str | list[str] = Field("broker", description="the other side's nodes: broker, w2")
+    held: ClassVar[bool] = True
+
+    def target(self) -> str:
+        nodes = self.nodes if isinstance(self.nodes, str) else ",".join(self.nodes)
+        peers = self.peers if isinstance(self.peers, str) else ",".join(self.peers)
+        return f"{nodes}-{peers}"
+
+    def prepare(self, dep: Deployment, window: Window) -> None:
+        nodes, peers = dep.packet_nodes(self.nodes), dep.packet_nodes(self.peers)
+        # ``links`` (node-peer pairs) makes it a network fault for the checkers and reports.
+        window.detail.update(links=[f"{n}-{p}" for n in nodes for p in peers],
+                             nodes=nodes, peers=peers)
+        window.target = ",".join(window.detail["links"])
+
+    def _cut(self, dep: Deployment, window: Window, *, outbound: bool, inbound: bool,
+             loss: float | None = None) -> None:
+        window.detail["_cut"] = dep.cut_packets(
+            window.detail["nodes"], window.detail["peers"], outbound=outbound, inbound=inbound,
+            loss=loss,
+        )
+
+    def heal(self, dep: Deployment, window: Window) -> None:
+        cut = window.detail.pop("_cut", None)
+        if cut is not None:
+            dep.heal_packets(cut)
+
+
+@register
+class PacketPartition(_PacketOp):
+    """Drop every packet between ``nodes`` and ``peers`` (iptables in the nodes' network
+    namespaces): ``both`` ways, ``outbound`` only (the nodes hear their peers but are not
+    heard) or ``inbound`` only (the nodes are heard but hear nothing). TCP connections stay
+    open on both ends: no FIN or RST crosses, unlike a proxy's partition."""
+
+    op: Literal["packet_partition"] = "packet_partition"
+    direction: Literal["both", "outbound", "inbound"] = "both"
+    label: ClassVar[str] = "drop packets between namespaces: both ways or one way"
+
+    @property
+    def record_name(self) -> str:
+        return "packet_partition" if self.direction == "both" else \
+            f"packet_partition_{self.direction}"
+
+    def prepare(self, dep: Deployment, window: Window) -> None:
+        super().prepare(dep, window)
+        window.detail["direction"] = self.direction
+
+    def apply(self, dep: Deployment, window: Window) -> None:
+        self._cut(dep, window, outbound=self.direction in ("both", "outbound"),
+                  inbound=self.direction in ("both", "inbound"))
+
+
+@register
+class PacketLoss(_PacketOp):
+    """Drop ``percent`` % of the packets between ``nodes`` and ``peers``, both ways, each
+    packet at random (iptables ``statistic``)."""
+
+    op: Literal["packet_loss"] = "packet_loss"
+    percent: float = Field(gt=0, le=100)
+    label: ClassVar[str] = "drop a share of packets between namespaces, at random"
+
+    def prepare(self, dep: Deployment, window: Window) -> None:
+        super().prepare(dep, window)
+        window.detail["loss_percent"] = self.percent
+
+    def apply(self, dep: Deployment, window: Window) -> None:
+        self._cut(dep, window, outbound=True, inbound=True, loss=self.percent / 100)
+
+
 # -- beat ------------------------------------------------------------------------------------
 
 

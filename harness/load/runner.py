@@ -28,7 +28,10 @@ class LoadRun:
         users: int = 4,
         duration: float | None = None,
         seed: int = 0,
+        prefix: list[str] | None = None,
     ) -> None:
+        """``prefix``: a command prefix (entering the publisher's network namespace)."""
+        self.prefix = list(prefix or [])
         if tasks is None and duration is None:
             raise ValueError("a load needs a number of tasks or a duration")
         self.out_dir = out_dir
@@ -51,6 +54,7 @@ class LoadRun:
     def command(self) -> list[str]:
         """The locust command line."""
         return [
+            *self.prefix,
             sys.executable,
             "-m",
             "locust",

@@ -46,6 +46,12 @@ FAULT_LABELS = {
     "partition_blackhole": "network partition (blackhole)",
     "partition_refuse": "network partition (refused)",
     "partition_reset": "connections reset",
+    # packet faults (network namespaces): a column beside the proxy's partitions, so that one
+    # configuration's row shows what each fault model does to it
+    "packet_partition": "packet partition (both ways)",
+    "packet_partition_outbound": "packet partition (not heard)",
+    "packet_partition_inbound": "packet partition (deaf)",
+    "packet_loss": "packet loss",
     "latency": "network latency",
     "bandwidth": "bandwidth cap",
 }

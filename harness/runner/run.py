@@ -13,6 +13,7 @@ from typing import Any
 
 from harness.checks.registry import UnknownChecker, rebuild
 from harness.checks.verdict import InvariantResult
+from harness.deployment.netns import netns_unavailable
 from harness.errors import UsageError
 from harness.faults.context import Window
 from harness.faults.schedule import ScheduleRun
@@ -66,6 +67,8 @@ def check_applicable(spec: ScenarioSpec, scenario: Scenario) -> None:
             f"{spec.name} drives the sample app's own tasks or beat entries; "
             f"the app under test is {scenario.app.spec}"
         )
+    if spec.deployment.network == "netns" and (missing := netns_unavailable()):
+        raise NotApplicable(f"{spec.name}: {missing}")
 
 
 def resolved(spec: ScenarioSpec, scenario: Scenario) -> ScenarioSpec:

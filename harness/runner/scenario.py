@@ -229,6 +229,8 @@ class Scenario:
         self.result.expect = expect  # type: ignore[assignment]
         b = self.backend
         b.stop_grace_s = spec.stop_grace_s
+        if spec.network == "netns":
+            b.start_network(spec.sysctls)
         b.start_broker_node(spec.broker, name=self.name, group=spec.broker_group,
                             persistence=spec.redis_persistence)
         b.start_services()
@@ -241,7 +243,7 @@ class Scenario:
             name=self.name,
             phase="start",
             detail={"broker": spec.broker, "settings": self.settings, "app": self.app.spec,
-                    "backend": b.kind},
+                    "backend": b.kind, "network": spec.network},
         )
         self.sampler = QueueDepthSampler(
             self.writer, self.broker_url, self.app.queues, target=spec.broker
@@ -279,7 +281,7 @@ class Scenario:
         ``node`` is ``w1@chaos``, ``publisher``, ``beat``...: the link names are
         ``<node>-broker`` and ``<node>-backend`` (``w1-broker`` for ``w1@chaos``).
         """
-        if self.backend.links is None:
+        if self.backend.links is None and self.backend.net is None:
             return self.env
         short = node.split("@")[0]
         env = dict(self.env)
@@ -367,6 +369,17 @@ class Scenario:
     def link_api(self) -> Any:
         assert self.backend.links is not None and self.backend.links.client is not None
         return self.backend.links.client
+
+    def packet_nodes(self, patterns: str | list[str]) -> list[str]:
+        return self.backend.packet_nodes(patterns)
+
+    def cut_packets(self, nodes: list[str], peers: list[str], *, outbound: bool, inbound: bool,
+                    loss: float | None = None) -> Any:
+        return self.backend.cut_packets(nodes, peers, outbound=outbound, inbound=inbound,
+                                        loss=loss)
+
+    def heal_packets(self, cut: Any) -> None:
+        self.backend.heal_packets(cut)
 
     def beat_names(self) -> list[str]:
         return list(self.beats)
@@ -537,6 +550,7 @@ class Scenario:
             users=users,
             duration=duration,
             seed=seed,
+            prefix=self.backend.command_prefix("publisher"),
         )
         self.loads.append(run)
         return run.start()

@@ -8,6 +8,7 @@ scenario as ``spec.json`` beside its history, so ``celery-chaos replay`` can run
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +51,12 @@ class DeploymentSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     #: Every link through its own proxy (network faults need it).
     proxied: bool = False
+    #: ``netns``: every node in a network namespace of its own, joined to the broker's by
+    #: veth pairs, for packet faults (``packet_partition``, ``packet_loss``; needs root).
+    network: Literal["loopback", "netns"] = "loopback"
+    #: With ``network: netns``: ``net.*`` sysctls per node glob, set in those nodes'
+    #: namespaces only (``{broker: {net.ipv4.tcp_retries2: 5}}``).
+    sysctls: dict[str, dict[str, int]] = Field(default_factory=dict)
     beats: list[BeatSpec] = Field(default_factory=list)
     #: The scenario drives the sample app's own tasks or beat entries: skipped (with the
     #: reason) against another app.
@@ -57,6 +64,21 @@ class DeploymentSpec(BaseModel):
     #: Seconds workers and beats get to exit on SIGTERM at teardown (the verdict is in)
     #: before SIGKILL; 0 where tasks are left hung on purpose.
     stop_grace_s: float = Field(3.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_network(self) -> DeploymentSpec:
+        if self.network == "netns" and self.proxied:
+            raise ValueError("network: netns and proxied: true exclude each other: packet "
+                             "faults need no proxy")
+        if self.sysctls and self.network != "netns":
+            raise ValueError("sysctls need network: netns (they are set in its namespaces)")
+        for values in self.sysctls.values():
+            for key in values:
+                if not re.fullmatch(r"net(\.[a-z0-9_]+)+", key):
+                    raise ValueError(f"sysctl {key!r}: only net.* keys (a namespace's own)")
+        if self.network == "netns" and self.beats:
+            raise ValueError("network: netns runs no beat yet: drop beats or the netns network")
+        return self
 
     def worker_names(self) -> list[str]:
         """``w1@chaos`` ... ``wN@chaos``."""
