@@ -11,7 +11,9 @@ worker drains whatever survived. Measured on RabbitMQ 3.10 / Redis 7.0 with Cele
 - Redis ``--save '' --appendonly no``: everything queued is lost (negative control);
   ``--appendonly yes --appendfsync always``: nothing is;
 - RabbitMQ crashed mid-burst with publisher confirms: no confirmed publish is lost
-  (publishes during the outage end ``fail``/``info``, never ``ok``).
+  (publishes during the outage end ``fail``/``info``, never ``ok``);
+- RabbitMQ crashed three times under a steady load with two live workers: after each
+  return both workers consume again, and nothing confirmed is lost.
 
 The RabbitMQ scenarios share a node of their own (``broker_group: restart``), so
 restarting it never disturbs the session's shared node.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.checks.liveness import ResumeSummary
 from harness.history.schema import Kind
 from harness.runner.catalog import specs
 from harness.runner.run import ScenarioRun
@@ -28,6 +31,7 @@ from harness.spec.model import ScenarioSpec
 
 SPECS = specs("broker_restart")
 BURST = "rabbitmq_crash_during_publish_burst_with_confirms"
+FLAPPING = "rabbitmq_flapping_broker_live_workers_resume"
 
 
 def check_queued_restart(run: ScenarioRun) -> None:
@@ -62,6 +66,22 @@ def check_burst(run: ScenarioRun) -> None:
     assert queue.counts.acknowledged == len(oks)
 
 
+def check_flapping(run: ScenarioRun) -> None:
+    """Three returns of the broker judged, every worker consuming again after each."""
+    queue = run.result.queue
+    assert queue is not None and queue.counts.lost == 0
+    resume = run.invariant("workers_resume_consuming").summary_as(ResumeSummary)
+    assert resume.heals == 3, resume
+    workers = set(run.spec.deployment.worker_names())
+    for report in resume.reports:
+        assert report.fault == "crash_broker"
+        back = {w.worker for w in report.workers if w.first_activity_s is not None}
+        assert back == workers, (report.heal_mono_ns, back)
+    run.add_metrics(resume_after_each_restart=[
+        {w.worker: w.first_activity_s for w in r.workers} for r in resume.reports
+    ])
+
+
 @pytest.mark.chaos
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 def test_broker_restart(chaos_run, spec: ScenarioSpec) -> None:  # type: ignore[no-untyped-def]
@@ -70,5 +90,7 @@ def test_broker_restart(chaos_run, spec: ScenarioSpec) -> None:  # type: ignore[
     assert run.result.verdict == spec.expect, run.invariant("queue").problems
     if spec.name == BURST:
         check_burst(run)
+    elif spec.name == FLAPPING:
+        check_flapping(run)
     else:
         check_queued_restart(run)

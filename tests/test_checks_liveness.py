@@ -108,6 +108,22 @@ def test_a_live_worker_idle_with_messages_ready_is_flagged() -> None:
     assert report.workers[0].ready_at_heal == 12
 
 
+def test_the_return_of_a_crashed_broker_is_a_heal_too() -> None:
+    """A broker crash or stop ends with the broker back: workers must consume again then."""
+    def outage(name: str, t0: float, t1: float) -> list[Record]:
+        return [rec(Kind.FAULT, t, name=name, phase=phase, target="broker", detail={})
+                for t, phase in ((t0, "start"), (t1, "end"))]
+
+    stuck = hist(up(0), ready(0, 0), *outage("crash_broker", 1, 3), ready(4, 9), drain(20))
+    res = check_resume_consuming(stuck, bound_s=10)
+    assert res.verdict is Verdict.INVALID, res.problems
+    assert "heal of crash_broker on broker" in res.problems[0]
+    back = hist(up(0), ready(0, 0), *outage("stop_broker", 1, 3), ready(4, 9),
+                *task("a", 5), ready(5.5, 0), drain(20))
+    summary = check_resume_consuming(back, bound_s=10).summary_as(ResumeSummary)
+    assert summary.heals == 1 and summary.resume_s == {"w1@chaos": 2.0}
+
+
 def test_a_stall_that_ends_within_the_bound_or_an_empty_queue_is_valid() -> None:
     slow = hist(up(0), *partition(1, 5), ready(2, 5), *task("a", 12), ready(12.5, 0), drain(20))
     assert check_resume_consuming(slow, bound_s=10).verdict is Verdict.VALID

@@ -42,14 +42,24 @@ def _s(ns: int | None) -> float | None:
     return None if ns is None else round(ns / S, 3)
 
 
+#: Broker faults whose end (the broker back) is a heal too: workers must consume again.
+_BROKER_FAULTS = frozenset({"crash_broker", "stop_broker"})
+
+
 def is_network_fault(rec: Record) -> bool:
-    """A fault record written by a link fault of :mod:`harness.faults.vocabulary`."""
+    """A fault record written by a link or packet fault of :mod:`harness.faults.vocabulary`."""
     return rec.kind is Kind.FAULT and "links" in rec.detail
 
 
+def is_connection_fault(rec: Record) -> bool:
+    """A fault that cuts the workers from the broker: a network fault or a broker outage."""
+    return is_network_fault(rec) or (rec.kind is Kind.FAULT and rec.name in _BROKER_FAULTS)
+
+
 def heals(history: History) -> list[Record]:
-    """The ``end`` records of network faults (partitions, latency, bandwidth), in order."""
-    return [r for r in history.records if is_network_fault(r) and r.phase == "end"]
+    """The ``end`` records of network faults (partitions, latency, bandwidth, packets) and
+    broker outages (crash, stop: the broker is back), in order."""
+    return [r for r in history.records if is_connection_fault(r) and r.phase == "end"]
 
 
 def fault_start(history: History, end: Record) -> Record | None:
@@ -268,7 +278,7 @@ def resume_reports(history: History, min_report_s: float = 0.5) -> list[HealRepo
     ready = ready_series(history)
     stop = end_ns(history)
     starts = sorted(
-        r.mono_ns for r in history.records if is_network_fault(r) and r.phase == "start"
+        r.mono_ns for r in history.records if is_connection_fault(r) and r.phase == "start"
     )
     reports: list[HealReport] = []
     for heal in heals(history):
@@ -295,7 +305,8 @@ def check_resume_consuming(history: History, bound_s: float = 10.0) -> Invariant
 
     Idle: no task record from the worker and no run open on it. Ready: the broker's
     ``queue_depth`` samples say some queue has messages ready. Each window from a network
-    fault's heal to the next network fault (or the end of the observation) is judged; killed,
+    fault's heal (or a broker's return after a crash or stop) to the next such fault (or the
+    end of the observation) is judged; killed,
     paused and stopped workers are not live until they are back. Without a heal
     nothing is judged (``valid``, ``summary.heals == 0``); with heals but no ``queue_depth``
     samples idleness cannot be judged (``unknown``).
@@ -438,7 +449,7 @@ def heal_to_full_throughput(
     window_s: float = 1.0,
     fraction: float = 0.9,
 ) -> ThroughputRecovery:
-    """Measure recovery from ``heal`` (default: the last network-fault heal).
+    """Measure recovery from ``heal`` (default: the last heal: network fault or broker back).
 
     The baseline is the completion rate from the first completion to the fault's start.
     Full throughput is reached at the first completion after the heal that opens a
