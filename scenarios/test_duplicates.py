@@ -140,12 +140,34 @@ def _load_once(run: ScenarioRun) -> None:
     assert queue.counts.completed == queue.counts.acknowledged == 15
 
 
+def _rabbit_frozen(run: ScenarioRun) -> None:
+    """Past the heartbeat window: tasks w1 held ran on w2 after the requeue and on w1's pool
+    as well. Within it: every task once, and the broker never closed w1's connection."""
+    queue = run.result.queue
+    assert queue is not None and queue.counts.lost == 0
+    log = run.scenario.worker_log("w1@chaos")
+    if run.spec.expect == "invalid":
+        both = [
+            t for t in queue.duplicated
+            if {r.host for r in run.history() if r.task_id == t and r.kind is Kind.SUCCEEDED}
+            == {"w1@chaos", "w2@chaos"}
+        ]
+        assert both, queue.duplicated
+        assert "Connection to broker lost" in log
+        run.add_metrics(duplicated_on_both_workers=len(both))
+    else:
+        assert not queue.duplicated and queue.counts.succeeded == 4
+        assert "Connection to broker lost" not in log
+
+
 CHECKS = {
     "redis_visibility_timeout_shorter_than_task_runs_it_twice": _redelivered_while_running,
     "redis_countdown_longer_than_visibility_timeout_runs_it_again": _restored_while_held,
     "redis_visibility_timeout_above_run_and_countdown_runs_once": _each_once,
     "redis_worker_frozen_past_visibility_timeout_runs_tasks_twice": _frozen_worker_ran_them_again,
     "redis_same_load_unfrozen_runs_each_task_once": _load_once,
+    "rabbitmq_worker_frozen_past_heartbeat_runs_tasks_twice": _rabbit_frozen,
+    "rabbitmq_worker_frozen_within_heartbeat_runs_each_task_once": _rabbit_frozen,
 }
 
 

@@ -1,4 +1,4 @@
-"""Packet-level partitions in network namespaces (failure modes 16, 22, 26).
+"""Packet-level partitions in network namespaces (failure modes 16, 19, 26).
 
 The specs are in ``harness/catalog/packets.yaml``; this file runs each one and asserts what
 is specific to it. Every node runs in a network namespace of its own and a
@@ -87,12 +87,24 @@ def _publisher_one_way(run: ScenarioRun) -> None:
         assert queue.counts.lost >= 1, queue.counts
 
 
+def _loss(run: ScenarioRun) -> None:
+    """Random loss costs time, not tasks: valid, nothing lost, every task acknowledged."""
+    queue = run.result.queue
+    assert queue is not None and run.spec.load is not None
+    assert run.result.verdict == "valid", _problems(run)
+    assert queue.counts.lost == 0
+    assert queue.counts.completed >= queue.counts.acknowledged == run.spec.load.tasks
+    win = run.window("loss")
+    assert win.detail["loss_percent"] == 30 and win.detail["links"] == ["w1-broker", "w2-broker"]
+
+
 #: Each scenario's own assertions, by its name without the variant.
 CHECKS: dict[str, Callable[[ScenarioRun], None]] = {
     "rabbitmq_packet_partition_outlasts_the_broker": _dead_peer,
     "redis_packet_partition_outlasts_the_broker": _dead_peer,
     "redis_packet_partition_brpop": _brpop_survives,
     "rabbitmq_publisher_one_way_partition": _publisher_one_way,
+    "rabbitmq_packet_loss_loses_nothing": _loss,
 }
 
 

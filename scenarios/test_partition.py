@@ -1,4 +1,4 @@
-"""Network partitions (failure modes 16, 17, 19, 22, 26) through the per-link proxies.
+"""Network partitions (failure modes 16, 17, 19, 26) through the per-link proxies.
 
 The specs are in ``harness/catalog/partition.yaml``; this file runs each one and asserts
 what is specific to it. Every link of the deployment goes through its own proxy and a
