@@ -262,6 +262,34 @@ def test_matrix_rows_keep_configurations_apart() -> None:
     assert {s.name for _, s, _ in shared[0].current} == {"default", "aof_always"}
 
 
+def test_the_two_fault_models_sit_side_by_side_in_one_row() -> None:
+    """A configuration cut through the proxy and packet by packet: one row, two neighbouring
+    columns (what each fault model does to the same settings)."""
+    from harness.report.matrix import RunSummary, build_matrix, fault_label
+
+    settings = {"task_acks_late": True, "broker_transport_options": {"visibility_timeout": 6}}
+
+    def scenario(name: str, verdict: str, fault: str) -> ScenarioResult:
+        return ScenarioResult(
+            name=name, broker="redis", settings=settings, verdict=Verdict(verdict),
+            expect=verdict, checked=True, faults=[fault], deployment={"broker": "redis"},
+        )
+
+    run = RunVerdict(
+        run_id="r1", started="2026-12-02T00:00:00+00:00", verdict=Verdict.INVALID,
+        as_expected=True, exit_code=0,
+        scenarios=[scenario("brpop_proxy", "invalid", "partition_blackhole"),
+                   scenario("brpop_packets", "valid", "packet_partition"),
+                   scenario("kill", "valid", "kill_worker")],
+    )
+    m = build_matrix([RunSummary(run=run, path="r1/index.html")])
+    assert len(m.rows) == 1
+    i = m.columns.index("partition_blackhole")
+    assert m.columns[i + 1] == "packet_partition"
+    assert fault_label("packet_partition") == "packet partition (both ways)"
+    assert fault_label("packet_partition_outbound") == "packet partition (not heard)"
+
+
 def test_ids_named_by_another_invariant_get_their_history(tmp_path: Path) -> None:
     run_dir, _ = make_run(tmp_path, {"beat_twice": SyntheticSpec(acks_late=True)},
                           write_report=False)
@@ -339,3 +367,28 @@ def test_duplicates_are_a_violation_when_exactly_once_is_required(tmp_path: Path
     matrix = (tmp_path / "matrix.html").read_text()
     assert '<strong class="dup">exactly once required: 1 duplicated</strong>' in matrix
     assert matrix.count("exactly once required:") == 1
+
+
+def test_a_pass_on_a_fault_that_reached_one_task_is_flagged_as_weak() -> None:
+    from harness.report.html import reach_warning, settings_words
+    from harness.report.timeline import FaultWindow
+
+    def result(verdict: str) -> ScenarioResult:
+        return ScenarioResult(name="s", broker="redis", verdict=Verdict(verdict), expect=verdict,
+                              checked=True, faults=["kill_worker"])
+
+    one = FaultWindow(index=1, name="kill_worker", target="w1@chaos", start=1, end=1,
+                      touched=["t1"])
+    many = FaultWindow(index=2, name="partition_blackhole", target="w1-broker,w2-broker",
+                       start=2, end=5, touched=["a", "b", "c"])
+    beat = FaultWindow(index=3, name="kill_beat", target="beat1", start=1, end=1)
+    warning = reach_warning(result("valid"), [one, many, beat])
+    assert warning.startswith("Weak evidence: worker killed (SIGKILL) on w1@chaos reached 1 task")
+    assert "partition" not in warning and "beat" not in warning  # enough, or not aimed at tasks
+    assert reach_warning(result("valid"), [many, beat]) == ""
+    assert reach_warning(result("invalid"), [one]) == ""  # a caught control needs no reach
+    assert settings_words({}) == "nothing beyond the app's own configuration"
+    assert settings_words({"task_acks_late": True,
+                           "broker_transport_options": {"visibility_timeout": 6}}) == (
+        "broker_transport_options.visibility_timeout = 6, task_acks_late = on"
+    )

@@ -116,6 +116,8 @@ class ScenarioView:
     violated: list[str] = field(default_factory=list)  # names of the invalid invariants
     #: The queue invariant required exactly once: a duplicate is a violation, not a note.
     exactly_once: bool = False
+    #: A pass that rests on faults which reached almost no task (see :func:`reach_warning`).
+    reach_warning: str = ""
 
 
 def _rel(path: str | Path, base: Path) -> str:
@@ -175,6 +177,43 @@ def scenario_words(result: ScenarioResult) -> str:
             control if result.expect == "invalid" else ""
         )
     return VERDICT_WORDS["unknown"]
+
+
+#: A fault that reached at most this many tasks proves little when its scenario passes.
+WEAK_REACH = 1
+#: Process faults aimed at a worker's tasks: what they reach is the evidence of a pass.
+TASK_FAULTS = frozenset({"kill_worker", "kill_pool_child", "pause_worker", "pause_pool_child",
+                         "stop_pool_child", "terminate_worker"})
+
+
+def reach_warning(result: ScenarioResult, faults: list[FaultWindow]) -> str:
+    """A warning when a scenario passed but a process fault aimed at a worker's tasks (a kill,
+    a pause, a terminate) reached at most :data:`WEAK_REACH` of them; ``""`` otherwise.
+
+    Network and broker faults are about connections (an idle worker cut off is the point of
+    some scenarios), beat and service faults about other things: they are not judged here.
+    """
+    if result.verdict.value != "valid":
+        return ""
+    weak = [
+        f"{matrix_mod.fault_label(f.name)} on {f.target} reached {len(f.touched)} "
+        f"task{'' if len(f.touched) == 1 else 's'}"
+        for f in faults
+        if f.name in TASK_FAULTS and len(f.touched) <= WEAK_REACH
+    ]
+    if not weak:
+        return ""
+    return (f"Weak evidence: {'; '.join(weak[:3])}{' ...' if len(weak) > 3 else ''}. A pass "
+            "proves no more than the faults reached: a longer or denser load, longer tasks, "
+            "or a fault timed on running tasks (a `running` trigger) reaches more.")
+
+
+def settings_words(settings: dict[str, Any]) -> str:
+    """The settings under test in plain words (``key = value``, nested keys dotted)."""
+    flat = matrix_mod.flat_settings(settings)
+    if not flat:
+        return "nothing beyond the app's own configuration"
+    return ", ".join(f"{k} = {_fmt(v)}" for k, v in sorted(flat.items()))
 
 
 def run_words(run: RunVerdict) -> tuple[str, str]:
@@ -260,6 +299,7 @@ def build_scenario(result: ScenarioResult, run_dir: Path, index: int) -> Scenari
             view.figure = figure_json(timeline_figure(view.timeline))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             view.history_error = f"could not read the history: {type(exc).__name__}: {exc}"
+        view.reach_warning = reach_warning(result, view.faults)
         view.files = [(p.name, _rel(p, run_dir)) for p in sorted(hist.glob("*.jsonl"))]
     elif hist is not None:
         view.history_error = f"no history directory at {hist}"
@@ -369,7 +409,9 @@ def render_run(run_dir: Path, run: RunVerdict, plotly_src: str) -> str:
         ]
         for v in views
     }
+    weak = [v for v in views if v.reach_warning]
     return _env.get_template("run.html.j2").render(
+        weak=weak,
         max_ids=MAX_IDS_LISTED,
         run=run,
         views=views,
@@ -398,7 +440,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-_env.globals.update(fault_label=matrix_mod.fault_label, fmt=_fmt,
+_env.globals.update(fault_label=matrix_mod.fault_label, fmt=_fmt, settings_words=settings_words,
                     duplicates_note=matrix_mod.duplicates_note)
 
 

@@ -122,7 +122,7 @@ def config_key(s: ScenarioResult) -> tuple[str, tuple[tuple[str, str], ...]]:
         values.append(("pool", str(pool)))
     values += sorted(
         (key, _word(value))
-        for key, value in _flat(s.settings).items()
+        for key, value in flat_settings(s.settings).items()
         if key not in _COVERED
     )
     return broker, tuple(values)
@@ -136,12 +136,12 @@ _COVERED = {
 }
 
 
-def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     out: dict[str, Any] = {}
     for key, value in settings.items():
         if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat_settings(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
