@@ -327,8 +327,6 @@ def _declared(sdir: Path, history: Any, exactly_once: bool) -> _Declared:
     from harness.checks.registry import UnknownChecker, rebuild
     from harness.history.schema import Kind
     from harness.results import ScenarioResult
-    from harness.runner.run import SPEC_FILE
-    from harness.spec.model import load_spec
 
     result_file = sdir / "result.json"
     if result_file.is_file():
@@ -345,6 +343,9 @@ def _declared(sdir: Path, history: Any, exactly_once: bool) -> _Declared:
             checkers=checkers,
             kept=stored.invariants,
         )
+    from harness.runner.run import SPEC_FILE  # celery, the deployment: 0.4 s of imports
+    from harness.spec.model import load_spec
+
     spec_file = sdir / SPEC_FILE
     started = any(r.kind is Kind.SCENARIO and r.phase == "start" for r in history)
     if not spec_file.is_file():
@@ -372,7 +373,7 @@ def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
     ``unknown`` and never as declared (exit 2); a history with unreadable lines is never
     ``valid`` (:func:`harness.checks.verdict.check_complete`)."""
     from harness.checks.verdict import Verdict, check_history
-    from harness.history.store import read_history
+    from harness.history.store import open_history
     from harness.results import exit_code_of
 
     path = Path(path_str)
@@ -384,7 +385,7 @@ def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
     for sdir in _scenario_dirs(path):
         hist_dir = sdir / "history" if (sdir / "history").is_dir() else sdir
         try:
-            history = read_history(hist_dir)
+            history = open_history(hist_dir)  # streamed: memory flat in the history's size
         except ValueError as exc:
             raise UsageError(f"{hist_dir}: {exc}") from None
         declared = _declared(sdir, history, exactly_once)

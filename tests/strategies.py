@@ -74,7 +74,11 @@ class Planted:
         definite = bool(self.unexpected) or (exactly_once and bool(self.duplicated))
         if self.drain != "complete":
             return "invalid" if definite else "unknown"
-        return "invalid" if definite or self.missing else "valid"
+        if definite or self.missing:
+            return "invalid"
+        # a run that tested nothing (publishes attempted, none acknowledged, none completed)
+        return "unknown" if self.attempted and not (self.acknowledged or self.completed) \
+            else "valid"
 
 
 # -- fates: (draw, id) -> (events, truth updates) ------------------------------------------

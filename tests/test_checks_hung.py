@@ -27,7 +27,7 @@ def rec(kind: Kind, t: float, tid: str | None = None, **kw: Any) -> Record:
     if tid is not None:
         fields.setdefault("task_name", "sample_app.chaos_tasks.hang")
         fields.setdefault("worker_pid", MAIN)
-    mono = int(t * S)
+    mono = round(t * S)  # int() would cut 2.05 s to 2049999999 ns
     return Record(kind=kind, wall_ns=mono, mono_ns=mono, task_id=tid, **fields)
 
 

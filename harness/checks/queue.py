@@ -5,19 +5,21 @@ Jepsen's ``total-queue`` checker but classifying by task id (a Celery retry
 republishes with the same id) and stricter about worker-lost failures. See
 ``docs/checker.md`` for the semantics in prose.
 
-Everything here is one pass over the records plus sorting: O(n log n).
+Everything here is one pass over the records plus sorting: O(n log n). The records may be
+a list or a :class:`~harness.history.store.RecordStream` (read from disk as they are
+iterated); the checker keeps one int of state a task id, so its memory grows with the ids,
+not with the records.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, Field, computed_field
 
-from harness.history.schema import Kind, Record
-from harness.history.store import History
+from harness.history.schema import Kind
+from harness.history.store import AnyRecord, History
 
 VerdictStr = Literal["valid", "invalid", "unknown"]
 DrainState = Literal["complete", "incomplete", "missing"]
@@ -25,7 +27,15 @@ DrainState = Literal["complete", "incomplete", "missing"]
 #: How many ids a problem string names before "... (+N more)".
 MAX_IDS_IN_MESSAGE = 10
 
-_OUTCOMES = frozenset({Kind.OK, Kind.INFO, Kind.FAIL})
+# The state of one task id in check_queue, packed into one int: flags in the low bits, then
+# four counters of _WIDTH bits (more records of one id than 2**32 cannot be read anyway).
+_PUB, _OK, _INFO, _SUCCEEDED, _DROPPED, _REVOKED, _REJECTED = (1 << i for i in range(7))
+_WIDTH = 32
+_MASK = (1 << _WIDTH) - 1
+_INVOKES, _OUTCOMES_N, _COMPLETIONS, _STARTS = (8 + i * _WIDTH for i in range(4))
+_ONE_INVOKE, _ONE_OUTCOME, _ONE_COMPLETION, _ONE_START = (
+    1 << _INVOKES, 1 << _OUTCOMES_N, 1 << _COMPLETIONS, 1 << _STARTS
+)
 
 
 class QueueCounts(BaseModel):
@@ -82,12 +92,12 @@ class QueueCheckResult(BaseModel):
     notes: list[str] = Field(default_factory=list)  # informational: not failures
 
 
-def is_completion(rec: Record) -> bool:
+def is_completion(rec: AnyRecord) -> bool:
     """A terminal execution: :attr:`Record.is_completion`."""
     return rec.is_completion
 
 
-def _drain_of(last: Record | None) -> DrainState:
+def _drain_of(last: AnyRecord | None) -> DrainState:
     if last is None:
         return "missing"
     return "complete" if last.detail.get("complete") is True else "incomplete"
@@ -95,7 +105,7 @@ def _drain_of(last: Record | None) -> DrainState:
 
 def drain_state(history: History) -> DrainState:
     """State of the last ``drain`` record: complete, incomplete, or missing."""
-    last: Record | None = None
+    last: AnyRecord | None = None
     for rec in history.records:
         if rec.kind is Kind.DRAIN:
             last = rec
@@ -109,7 +119,7 @@ def _ids_message(n: int, what: str, ids: Iterable[str]) -> str:
     return f"{n} {what}: {shown}{more}"
 
 
-def _rejection_why(rec: Record) -> str:
+def _rejection_why(rec: AnyRecord) -> str:
     """Why a worker dropped a message, from its rejection record (the middle of a problem)."""
     name = rec.task_name or "unnamed"
     if rec.reason == "unknown task":
@@ -126,7 +136,7 @@ def _rejection_why(rec: Record) -> str:
     return f"were rejected by {rec.host} without requeue ({what})"
 
 
-def _rejection_problems(ids: list[str], rejections: dict[str, Record]) -> list[str]:
+def _rejection_problems(ids: list[str], rejections: dict[str, AnyRecord]) -> list[str]:
     """One problem line per reason, naming the lost ids a worker rejected without requeue."""
     by_why: dict[str, list[str]] = {}
     for t in ids:
@@ -154,17 +164,10 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
       verdict is at best ``unknown``.
     - ``invalid`` on lost, unexpected, or (with ``exactly_once``) duplicated ids.
     """
-    invokes: Counter[str] = Counter()
-    outcomes: dict[str, set[Kind]] = {}  # id -> publish outcomes seen (ok/info/fail)
-    n_outcomes: Counter[str] = Counter()
-    completions: Counter[str] = Counter()
-    succeeded: set[str] = set()
-    starts: Counter[str] = Counter()
-    worker_lost: set[str] = set()
-    revoked: set[str] = set()
-    rejected: set[str] = set()
-    rejections: dict[str, Record] = {}  # id -> its last rejection without requeue
-    last_drain: Record | None = None
+    state: dict[str, int] = {}  # id -> flags and counters, packed (see _PUB ... _STARTS)
+    get = state.get
+    rejections: dict[str, AnyRecord] = {}  # id -> its last rejection without requeue
+    last_drain: AnyRecord | None = None
     # id -> pid of its last failure since its last start: Celery 5.7 fires task_failure twice
     # for one hard time limit (Request.on_timeout, then on_failure), from the same process.
     failed_by: dict[str, int] = {}
@@ -179,62 +182,93 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
         if tid is None:
             continue
         if kind is Kind.INVOKE:
-            invokes[tid] += 1
-        elif kind in _OUTCOMES:
-            outcomes.setdefault(tid, set()).add(kind)
-            n_outcomes[tid] += 1
+            state[tid] = (get(tid, 0) | _PUB) + _ONE_INVOKE
+        elif kind is Kind.OK:
+            state[tid] = (get(tid, 0) | _PUB | _OK) + _ONE_OUTCOME
+        elif kind is Kind.INFO:
+            state[tid] = (get(tid, 0) | _PUB | _INFO) + _ONE_OUTCOME
+        elif kind is Kind.FAIL:
+            state[tid] = (get(tid, 0) | _PUB) + _ONE_OUTCOME
         elif kind is Kind.SUCCEEDED:
-            completions[tid] += 1
-            succeeded.add(tid)
+            state[tid] = (get(tid, 0) | _SUCCEEDED) + _ONE_COMPLETION
         elif kind is Kind.FAILED:
             if rec.is_dropped:
-                worker_lost.add(tid)
+                state[tid] = get(tid, 0) | _DROPPED
                 if rec.exc_type == "Reject":  # Reject(requeue=False): a requeue sends none
                     rejections[tid] = rec
             elif failed_by.get(tid) == rec.pid:
                 repeated += 1  # the same run's failure reported twice: one completion
             else:
-                completions[tid] += 1
+                state[tid] = get(tid, 0) + _ONE_COMPLETION
                 failed_by[tid] = rec.pid
         elif kind is Kind.STARTED:
-            starts[tid] += 1
-            failed_by.pop(tid, None)
+            state[tid] = get(tid, 0) + _ONE_START
+            if failed_by:
+                failed_by.pop(tid, None)
         elif kind is Kind.REVOKED:
-            revoked.add(tid)
+            state[tid] = get(tid, 0) | _REVOKED
         elif kind is Kind.REJECTED:
-            rejected.add(tid)
+            state[tid] = get(tid, 0) | _REJECTED
             rejections[tid] = rec
 
     drain = _drain_of(last_drain)
     # Per id: any ok -> acknowledged; else any info, or an invoke left open -> indeterminate;
-    # else (only fails) -> publish failed.
-    publish = invokes.keys() | outcomes.keys()
-    acknowledged: set[str] = set()
+    # else (only fails) -> publish failed. A rejection is not an outcome: Celery rejects
+    # without requeue (the message is gone).
+    n_publish = n_acknowledged = n_completed = n_succeeded = 0
     indeterminate: list[str] = []
     publish_failed: list[str] = []
-    for t in sorted(publish):
-        seen = outcomes.get(t, set())
-        if Kind.OK in seen:
-            acknowledged.add(t)
-        elif Kind.INFO in seen or invokes[t] > n_outcomes[t]:
-            indeterminate.append(t)
-        else:
-            publish_failed.append(t)
-    completed = completions.keys()
-
-    # A rejection is not an outcome: Celery rejects without requeue (the message is gone).
-    missing = sorted(t for t in acknowledged if t not in completed and t not in revoked)
+    missing: list[str] = []  # acknowledged, not completed, not revoked
+    unexpected: list[str] = []
+    recovered: list[str] = []
+    failed: list[str] = []
+    revoked: list[str] = []
+    rejected: list[str] = []
+    duplicated_n: list[tuple[str, int]] = []
+    reexecuted_n: list[tuple[str, int]] = []
+    for t, st in state.items():
+        published = st & _PUB
+        acked = st & _OK
+        if published:
+            n_publish += 1
+            if acked:
+                n_acknowledged += 1
+            elif st & _INFO or (st >> _INVOKES) & _MASK > (st >> _OUTCOMES_N) & _MASK:
+                indeterminate.append(t)
+            else:
+                publish_failed.append(t)
+        done = (st >> _COMPLETIONS) & _MASK
+        if done:
+            n_completed += 1
+            if st & _SUCCEEDED:
+                n_succeeded += 1
+            else:
+                failed.append(t)
+            if not published:
+                unexpected.append(t)
+            elif not acked:
+                recovered.append(t)
+            if done > 1:
+                duplicated_n.append((t, done))
+        elif acked and not st & _REVOKED:
+            missing.append(t)
+        if st >> _STARTS > 1:
+            reexecuted_n.append((t, st >> _STARTS))
+        if st & _REVOKED:
+            revoked.append(t)
+        if st & _REJECTED:
+            rejected.append(t)
+    for ids in (indeterminate, publish_failed, missing, unexpected, recovered, failed, revoked,
+                rejected):
+        ids.sort()
     if drain == "complete":
         lost, pending = missing, []
     else:
         lost, pending = [], missing
-    lost_wl = [t for t in lost if t in worker_lost]
+    lost_wl = [t for t in lost if state[t] & _DROPPED]
     lost_rej = [t for t in lost if t in rejections]
-    unexpected = sorted(t for t in completed if t not in publish)
-    recovered = sorted(t for t in completed if t in publish and t not in acknowledged)
-    duplicated = {t: completions[t] for t in sorted(completed) if completions[t] > 1}
-    reexecuted = {t: n for t, n in sorted(starts.items()) if n > 1}
-    failed = sorted(t for t in completed if t not in succeeded)
+    duplicated = dict(sorted(duplicated_n))
+    reexecuted = dict(sorted(reexecuted_n))
 
     problems: list[str] = []
     notes: list[str] = []
@@ -280,8 +314,8 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
             )
         )
     if revoked:
-        notes.append(_ids_message(len(revoked), "tasks revoked", sorted(revoked)))
-    rejected_other = sorted(rejected.difference(lost_rej))  # republished since, or unacked
+        notes.append(_ids_message(len(revoked), "tasks revoked", revoked))
+    rejected_other = sorted(set(rejected).difference(lost_rej))  # republished, or unacked
     if rejected_other:
         notes.append(_ids_message(len(rejected_other), "tasks rejected by a worker",
                                   rejected_other))
@@ -298,14 +332,23 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
         verdict: VerdictStr = "invalid" if (definite or lost) else "valid"
     else:
         verdict = "invalid" if definite else "unknown"
+    if n_publish and not n_acknowledged and not n_completed:
+        # Every publish failed or is indeterminate and no task ran: a run that tested
+        # nothing is never valid (a broker the publisher could not use, say).
+        problems.append(
+            f"nothing was tested: {n_publish} publishes attempted, none acknowledged and no "
+            "task completed"
+        )
+        if verdict == "valid":
+            verdict = "unknown"
 
     counts = QueueCounts(
-        attempted=len(publish),
-        acknowledged=len(acknowledged),
+        attempted=n_publish,
+        acknowledged=n_acknowledged,
         indeterminate=len(indeterminate),
         publish_failed=len(publish_failed),
-        completed=len(completed),
-        succeeded=len(succeeded),
+        completed=n_completed,
+        succeeded=n_succeeded,
         failed=len(failed),
         lost=len(lost),
         lost_worker_lost=len(lost_wl),
@@ -334,8 +377,8 @@ def check_queue(history: History, *, exactly_once: bool = False) -> QueueCheckRe
         indeterminate=indeterminate,
         publish_failed=publish_failed,
         failed=failed,
-        revoked=sorted(revoked),
-        rejected=sorted(rejected),
+        revoked=revoked,
+        rejected=rejected,
         torn_lines=history.torn_lines,
         problems=problems,
         notes=notes,
@@ -372,7 +415,7 @@ class RecoveryTime(BaseModel):
         return None if self.recovery_ns is None else self.recovery_ns / 1e9
 
 
-def recovery_time(history: History, fault: Record | int) -> RecoveryTime:
+def recovery_time(history: History, fault: AnyRecord | int) -> RecoveryTime:
     """Time from ``fault`` (a record, or a ``mono_ns``) to the last completion of a task in flight.
 
     A task is in flight at the fault if it had a ``received`` or ``started``
@@ -380,7 +423,7 @@ def recovery_time(history: History, fault: Record | int) -> RecoveryTime:
     ``revoked``, ``rejected``) by then. This measures e.g. redelivery latency
     after a worker kill.
     """
-    t0 = fault.mono_ns if isinstance(fault, Record) else int(fault)
+    t0 = int(fault) if isinstance(fault, int) else fault.mono_ns
     seen: set[str] = set()
     done_before: set[str] = set()
     last_after: dict[str, int] = {}

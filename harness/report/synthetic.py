@@ -12,14 +12,13 @@ import json
 import random
 import uuid
 from bisect import bisect_right
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from harness.checks.verdict import Verdict, check_history
-from harness.history.store import read_history
+from harness.history.store import open_history
 from harness.results import (
     RunVerdict,
     ScenarioResult,
@@ -53,7 +52,7 @@ def write_history(directory: Path, spec: SyntheticSpec) -> dict[str, Any]:
     """Write a history under ``directory``; return what was planted (ids lost, hit, ...)."""
     rnd = random.Random(spec.seed)
     directory.mkdir(parents=True, exist_ok=True)
-    files: dict[str, list[str]] = defaultdict(list)
+    files: dict[str, Any] = {}  # name -> its open file: lines go out as they are made
     mono0 = 1_000 * NS
     wall0 = 1_790_000_000 * NS
 
@@ -68,7 +67,10 @@ def write_history(directory: Path, spec: SyntheticSpec) -> dict[str, Any]:
             "role": role,
         }
         r.update({k: v for k, v in kw.items() if v is not None})
-        files[fname].append(json.dumps(r, separators=(",", ":")))
+        fh = files.get(fname)
+        if fh is None:
+            fh = files[fname] = (directory / fname).open("w", encoding="utf-8")
+        fh.write(json.dumps(r, separators=(",", ":")) + "\n")
 
     harness = "harness-harness-100.jsonl"
     pub = "publisher-publisher-200.jsonl"
@@ -176,8 +178,8 @@ def write_history(directory: Path, spec: SyntheticSpec) -> dict[str, Any]:
         detail={"complete": spec.drain_complete, "seconds": 3.0, "reason": "synthetic"})
     rec(harness, "scenario", last_end + 3.1, 100, "harness", "harness", name="synthetic",
         phase="end")
-    for fname, lines in files.items():
-        (directory / fname).write_text("\n".join(lines) + "\n")
+    for fh in files.values():
+        fh.close()
     return {"lost": lost, "hit": hit, "failed": failed, "kill_t": kill_t}
 
 
@@ -195,7 +197,7 @@ def make_run(
         sdir = run_dir / "scenarios" / name
         write_history(sdir / "history", spec)
         (sdir / "logs").mkdir()
-        history = read_history(sdir / "history")
+        history = open_history(sdir / "history")  # streamed: any number of tasks
         invariants = check_history(history)
         settings = {"task_acks_late": spec.acks_late,
                     "task_reject_on_worker_lost": spec.acks_late}
