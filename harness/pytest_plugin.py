@@ -47,6 +47,7 @@ class ChaosSession:
         self.results: list[ScenarioResult] = []
         self.infra_error = False
         self.no_scenario: str | None = None  # why --chaos-require-scenarios failed the run
+        self.summary = ""  # the run's last line: what happened and where the report is
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     @property
@@ -359,11 +360,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 2
     elif code == 1 and status == 0:
         session.exitstatus = 1  # a verdict not as declared, even with no failed assertion
-    print(f"\ncelery-chaos: run directory {sess.run_dir} (verdict: {verdict.value})")
+    from harness.results import run_summary_line
+
+    # printed last of all (pytest_unconfigure), after pytest's own summary
+    sess.summary = run_summary_line(sess.results, code, sess.run_dir)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Say why ``--chaos-require-scenarios`` failed the run, as the output's last line."""
     sess: ChaosSession | None = getattr(config, "_chaos", None)
+    if sess is not None and sess.summary:
+        print(sess.summary, flush=True)
     if sess is not None and sess.no_scenario:
         print(sess.no_scenario, file=sys.stderr)

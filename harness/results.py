@@ -121,6 +121,30 @@ def run_verdict(results: list[ScenarioResult]) -> tuple[Verdict, bool]:
     return verdict, bool(results) and all(r.as_expected for r in results)
 
 
+def run_summary_line(results: list[ScenarioResult], code: int, report: Path) -> str:
+    """The last line a run prints: what happened, in words, and where the report is."""
+    n = len(results)
+    page = report / "index.html"
+    off = [r.name for r in results if r.checked and not r.as_expected]
+    broken = [r.name for r in results if r.error or not r.checked]
+    if not n:
+        return f"celery-chaos: no scenario ran; report {page}"
+    if broken:
+        return (f"celery-chaos: NO VERDICT for {len(broken)} of {n} scenarios "
+                f"({', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}): nothing is "
+                f"proven for them; report {page}")
+    if off:
+        return (f"celery-chaos: {len(off)} of {n} scenarios NOT as declared "
+                f"({', '.join(off[:3])}{' ...' if len(off) > 3 else ''}); report {page}")
+    controls = sum(1 for r in results if r.expect == "invalid")
+    safe = n - controls
+    tail = "" if code == 0 else " (but a test of the session failed: see the pytest output)"
+    return (f"celery-chaos: {n} scenario{'s' if n != 1 else ''}, every one as declared: "
+            f"{safe} safe configuration{'s' if safe != 1 else ''} held, {controls} negative "
+            f"control{'s' if controls != 1 else ''} caught {'their' if controls != 1 else 'its'} "
+            f"bug{tail}; report {page}")
+
+
 def exit_code_of(
     outcomes: Iterable[tuple[Verdict | str, Expect]],
     *,

@@ -292,3 +292,23 @@ def test_master_with_a_worker_started_from_the_printed_script(tmp_path: Path) ->
     run = RunVerdict.model_validate_json((run_dir / "verdict.json").read_text())
     queue = run.scenarios[0].queue
     assert queue is not None and 20 <= queue.counts.acknowledged <= 60 and queue.counts.lost == 0
+
+
+def test_a_drain_that_ran_out_says_why_and_what_to_change(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from harness.runner.loadtest import drain_advice
+
+    def result(drain: str, pending: int, completed: int) -> SimpleNamespace:
+        queue = SimpleNamespace(drain=drain, pending=[f"t{i}" for i in range(pending)],
+                                counts=SimpleNamespace(completed=completed))
+        return SimpleNamespace(queue=queue)
+
+    assert drain_advice(result("complete", 0, 100), 20, 60, tmp_path) == ""
+    slow = drain_advice(result("incomplete", 1500, 800), 20, 60, tmp_path)
+    assert "1500 acknowledged tasks not completed" in slow
+    assert "~10.0 tasks/s" in slow and "~150 s more" in slow
+    assert "--drain-timeout" in slow and "--workers" in slow and "--rate" in slow
+    stuck = drain_advice(result("incomplete", 5, 0), 20, 60, tmp_path)
+    assert "no task completing" in stuck and str(tmp_path) in stuck
+    assert "\n" not in slow + stuck

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.checks.verdict import Verdict
@@ -45,3 +47,27 @@ def test_scenario_results() -> None:
     assert exit_code_for([ok], infra_error=True) == 2
     assert exit_code_for([ok, ScenarioResult(name="e", error="port clash")]) == 2
     assert exit_code_for([ScenarioResult(name="bad", checked=True, verdict=BAD)]) == 1
+
+
+def test_the_last_line_says_what_happened_and_where_the_report_is(tmp_path: Path) -> None:
+    from harness.results import run_summary_line
+
+    def r(name: str, verdict: str, expect: str, **kw: object) -> ScenarioResult:
+        return ScenarioResult(name=name, verdict=Verdict(verdict), expect=expect,  # type: ignore[arg-type]
+                              checked=kw.pop("checked", True), **kw)  # type: ignore[arg-type]
+
+    page = tmp_path / "index.html"
+    ok = [r("a", "valid", "valid"), r("b", "invalid", "invalid"), r("c", "invalid", "invalid")]
+    assert run_summary_line(ok, 0, tmp_path) == (
+        "celery-chaos: 3 scenarios, every one as declared: 1 safe configuration held, "
+        f"2 negative controls caught their bug; report {page}"
+    )
+    off = [*ok, r("d", "invalid", "valid")]
+    assert run_summary_line(off, 1, tmp_path) == (
+        f"celery-chaos: 1 of 4 scenarios NOT as declared (d); report {page}"
+    )
+    broken = [*ok, r("e", "unknown", "valid", error="broker did not start")]
+    assert run_summary_line(broken, 2, tmp_path).startswith(
+        "celery-chaos: NO VERDICT for 1 of 4 scenarios (e): nothing is proven for them"
+    )
+    assert "a test of the session failed" in run_summary_line(ok, 1, tmp_path)

@@ -252,6 +252,32 @@ class LoadOptions:
     fault_texts: dict[str, str] = field(default_factory=dict)
 
 
+def drain_advice(result: Any, duration: float, drain_timeout: float, run_dir: Path) -> str:
+    """Why the final drain ran out and what to change (``""`` when it did not)."""
+    queue = result.queue
+    if queue is None or queue.drain != "incomplete":
+        return ""
+    pending = len(queue.pending)
+    elapsed = duration + drain_timeout
+    rate = queue.counts.completed / elapsed if elapsed > 0 else 0.0
+    logs = run_dir / "scenarios" / "load" / "logs"
+    if pending and rate > 0:
+        need = pending / rate
+        return (
+            f"the drain ran out after --drain-timeout {drain_timeout:g}s with {pending} "
+            f"acknowledged tasks not completed; the workers completed ~{rate:.1f} tasks/s over the "
+            f"run, so "
+            f"the backlog needed ~{need:.0f} s more: raise --drain-timeout (to "
+            f"{drain_timeout + need * 1.5:.0f}s, say), add --workers or --concurrency, or "
+            f"publish slower (--rate)"
+        )
+    return (
+        f"the drain ran out after --drain-timeout {drain_timeout:g}s with {pending} "
+        f"acknowledged tasks not completed and no task completing: are the workers stuck? "
+        f"See their logs in {logs}"
+    )
+
+
 def validate(args: argparse.Namespace) -> LoadOptions:
     """Check every option; raise a one-line :class:`UsageError` on bad input."""
     if args.users < 1:
@@ -552,6 +578,9 @@ def main(args: argparse.Namespace) -> int:
     )
     write_json(run_dir / "verdict.json", run.model_dump(mode="json"))
     page = write_index(run_dir, run)
+    advice = drain_advice(result, opts.duration, opts.drain_timeout, run_dir)
+    if advice:
+        print(f"celery-chaos: {advice}", flush=True)
     print(
         f"celery-chaos: verdict {verdict.value}"
         f"{' (as declared)' if as_expected else ''}: published {counts.acknowledged}, "
