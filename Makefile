@@ -7,8 +7,10 @@ VENV := .venv/bin
 setup:
 	@bash scripts/setup.sh
 
+# The catalog on two pytest-xdist workers, as `make test` runs it (one run directory, one
+# report); the last line says how many scenarios ran as declared and where the report is.
 demo: setup
-	$(VENV)/celery-chaos run scenarios/ -q -k "not test_explore"
+	$(VENV)/celery-chaos run scenarios/ -q -n 2 --dist loadfile -k "not test_explore"
 
 lint: setup
 	$(VENV)/ruff check .
