@@ -102,6 +102,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="where run directories go (default: ./reports or $CHAOS_REPORTS_DIR)",
     )
     group.addoption(
+        "--chaos-progress",
+        type=float,
+        default=float(os.environ.get("CHAOS_PROGRESS", "10")),
+        metavar="SECONDS",
+        help="a progress line per running scenario every SECONDS (10; 0: none)",
+    )
+    group.addoption(
         "--chaos-require-scenarios",
         action="store_true",
         default=False,
@@ -183,12 +190,14 @@ def chaos(request: pytest.FixtureRequest, chaos_session: ChaosSession) -> Iterat
         description=doc[0] if doc else "",
     )
     error: str | None = None
+    progress = _progress(request.config, scenario)
     try:
         yield scenario
     except InfrastructureError as exc:
         error = str(exc)
         raise
     finally:
+        progress.stop()
         _finish(request, chaos_session, scenario, error)
 
 
@@ -205,6 +214,30 @@ def _finish(
     if error:
         sess.infra_error = True
     sess.results.append(scenario.result)
+
+
+def _progress(config: pytest.Config, scenario: Any) -> Any:
+    """Live progress lines for one scenario on the terminal (none under xdist, or with
+    ``--chaos-progress 0``)."""
+    from harness.runner.progress import Progress
+
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    capman = config.pluginmanager.getplugin("capturemanager")
+    interval = float(config.getoption("chaos_progress") or 0)
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if capman is None or (reporter is None and worker is None):
+        interval = 0
+
+    def emit(line: str) -> None:
+        with capman.global_and_fixture_disabled():  # the test's output stays captured
+            if worker is None:
+                reporter.write_line(line)
+            else:  # an xdist worker's stderr is the controller's terminal
+                sys.stderr.write(f"[{worker}] {line}\n")  # one write: whole lines
+                sys.stderr.flush()
+
+    return Progress(scenario.name, scenario.tail, emit, interval=interval,
+                    phase=lambda: scenario.phase).start()
 
 
 @pytest.fixture
@@ -235,7 +268,11 @@ def chaos_run(
             scenario.close()
             pytest.skip(str(exc))
         made.append(scenario)
-        return run_spec(spec, scenario)
+        progress = _progress(request.config, scenario)
+        try:
+            return run_spec(spec, scenario)
+        finally:
+            progress.stop()
 
     error: str | None = None
     try:

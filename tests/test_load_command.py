@@ -206,6 +206,9 @@ def test_local_load_with_a_fault_and_two_locust_processes(tmp_path: Path) -> Non
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"fault kill-child:w1@3s at 3\.\ds", proc.stdout), proc.stdout
+    # live figures every 5 s: the phase, publishes, completions, queue depth, open faults
+    assert re.search(r"^celery-chaos: \[ +\d+ s\] load: .*; published \d+ \(\d+ acknowledged\), "
+                     r"completed \d+", proc.stdout, re.M), proc.stdout
     (run_dir,) = [p for p in reports.iterdir() if p.name[0].isdigit()]
     verdict = json.loads((run_dir / "verdict.json").read_text())
     assert verdict["kind"] == "load" and verdict["verdict"] == "valid"

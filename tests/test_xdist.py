@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +38,12 @@ def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_workers_join_one_run_directory(tmp_path: Path) -> None:
     (tmp_path / "test_two.py").write_text(SCENARIOS)
     reports = tmp_path / "reports"
-    proc = _pytest(tmp_path, str(tmp_path / "test_two.py"), "--chaos-reports", str(reports))
+    proc = _pytest(tmp_path, str(tmp_path / "test_two.py"), "--chaos-reports", str(reports),
+                   "--chaos-progress", "0.5")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # live progress from each worker, whole lines on the terminal
+    assert re.search(r"^\[gw[01]\] celery-chaos: \[ +\d+ s\] test_[ab]: ", proc.stderr, re.M), \
+        proc.stderr[-2000:]
     (run_dir,) = [p for p in reports.iterdir() if p.is_dir() and p.name != "_assets"]
     verdict = json.loads((run_dir / "verdict.json").read_text())
     assert sorted(s["name"] for s in verdict["scenarios"]) == ["test_a", "test_b"]

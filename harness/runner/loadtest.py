@@ -38,7 +38,11 @@ from harness.faults.context import Window
 from harness.faults.schedule import Schedule, ScheduleRun, Step, Trigger
 from harness.faults.vocabulary import parse_op, registry
 from harness.load.runner import LOCUSTFILE, LoadRun
+from harness.runner.progress import Progress
 from harness.spec.model import ScenarioSpec, parse_spec
+
+#: Seconds between two progress lines of a load test.
+PROGRESS_S = 5.0
 
 #: ``NAME[:TARGET]@AT[+DURATION]``, e.g. ``kill-worker:w1@10s``, ``pause_worker:w2@5s+3s``.
 FAULT_RE = re.compile(r"^(?P<name>[a-z_-]+)(?::(?P<target>[\w.-]+(?:@[\w.-]+)?))?"
@@ -432,8 +436,14 @@ def _run_local(args: argparse.Namespace, opts: LoadOptions, spec: ScenarioSpec, 
         run = _load_run(args, opts, wl, scenario.env_for("publisher"), scenario.dir / "load-1")
         scenario.loads.append(run)
         _start(run, scenario.history_dir)
-        windows = run_schedule(ScheduleRun(spec.schedule, scenario), opts.fault_texts)
-        scenario.check(drain_timeout=spec.checks.drain_timeout, settle=spec.checks.settle)
+        scenario.phase = "load and faults"
+        progress = Progress("load", scenario.tail, lambda line: print(line, flush=True),
+                            interval=PROGRESS_S, phase=lambda: scenario.phase).start()
+        try:
+            windows = run_schedule(ScheduleRun(spec.schedule, scenario), opts.fault_texts)
+            scenario.check(drain_timeout=spec.checks.drain_timeout, settle=spec.checks.settle)
+        finally:
+            progress.stop()
         if windows:
             scenario.result.metrics["schedule"] = [
                 _window_summary(w, scenario) for w in windows.values()

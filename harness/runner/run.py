@@ -100,6 +100,7 @@ def run_spec(spec: ScenarioSpec, scenario: Scenario) -> ScenarioRun:
     if spec.load is not None:
         scenario.start_load(spec.load)
     sched = ScheduleRun(spec.schedule, scenario)
+    scenario.phase = "load and faults"
     windows = sched.run()
     checkers = []
     for c in spec.checks.invariants:

@@ -135,6 +135,8 @@ class Scenario:
             log_dir=str(self.log_dir),
         )
         self.started = time.monotonic()
+        #: Where the run is, in words (for live progress): deploying, faults, draining...
+        self.phase = "starting"
         self._shared_startup0 = brokers.startup_s
         self.deployment: DeploymentSpec | None = None
         self.settings: dict[str, Any] = {}
@@ -222,6 +224,7 @@ class Scenario:
 
     def deploy_spec(self, spec: DeploymentSpec, *, expect: str = "valid") -> Scenario:
         """Start what ``spec`` describes (beats are registered; a step starts them)."""
+        self.phase = "deploying"
         self.deployment = spec
         self.settings = dict(spec.settings)
         self.result.broker = spec.broker
@@ -654,10 +657,12 @@ class Scenario:
         The queue invariant always runs; ``invariants`` adds the scenario's own checkers
         (pure functions ``History -> InvariantResult``).
         """
+        self.phase = "waiting for the loads to end"
         for run in self.loads:
             run.wait()
         if any(b.is_running() for b in self.beats.values()):
             self.stop_beats()  # nothing more may be published while the drain waits
+        self.phase = f"draining (up to {drain_timeout:g} s)"
         drained = drain(
             self.history_dir,
             self.queue_depths,
@@ -666,6 +671,7 @@ class Scenario:
             writer=self.writer,
             tail=self.tail,
         )
+        self.phase = "checking the history"
         history = self.tail.history(include_partial=True)
         invariants = list(invariants)
         results = check_history(history, exactly_once=exactly_once, extra=invariants)
