@@ -169,12 +169,16 @@ def test_bad_node_and_rule_are_one_line(tmp_path: Path) -> None:
 
 
 def test_spec_rules() -> None:
+    """Deployment fields that need each other are refused together, in one line."""
     with pytest.raises(ValueError, match="exclude each other"):
         DeploymentSpec(network="netns", proxied=True)
     with pytest.raises(ValueError, match="only net"):
         DeploymentSpec(network="netns", sysctls={"broker": {"kernel.pid_max": 1}})
     with pytest.raises(ValueError, match="sysctls need network: netns"):
         DeploymentSpec(sysctls={"broker": {"net.ipv4.tcp_retries2": 4}})
+    with pytest.raises(ValueError, match="broker_config needs broker: rabbitmq and a broker_gr"):
+        DeploymentSpec(broker_config={"consumer_timeout": "3000"})  # the shared node
+    DeploymentSpec(broker_group="ct", broker_config={"consumer_timeout": "3000"})
 
 
 RUNNER = textwrap.dedent('''

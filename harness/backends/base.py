@@ -29,7 +29,8 @@ class Backend(Protocol):
     stop_grace_s: float
 
     def start_broker_node(
-        self, kind: str, *, name: str, group: str = "shared", persistence: str = "none"
+        self, kind: str, *, name: str, group: str = "shared", persistence: str = "none",
+        config: dict[str, str] | None = None,
     ) -> None: ...
     def start_services(self) -> None: ...
     def start_links(self) -> None: ...

@@ -103,8 +103,16 @@ class SharedBrokers:
     _redis: RedisServer | None = None
     _vhosts: int = 0
 
-    def rabbitmq(self, group: str = "shared") -> RabbitMQServer:
-        """The session's RabbitMQ node of ``group``."""
+    def rabbitmq(self, group: str = "shared",
+                 config: dict[str, str] | None = None) -> RabbitMQServer:
+        """The session's RabbitMQ node of ``group`` (started with ``config``: rabbitmq.conf
+        lines; every user of a group must give the same)."""
+        config = dict(config or {})
+        if group in self._rabbits and self._rabbits[group].config != config:
+            raise BackendError(
+                f"broker_group {group!r} runs with broker_config {self._rabbits[group].config}, "
+                f"not {config}: give the scenario a broker_group of its own"
+            )
         if group not in self._rabbits:
             t0 = time.monotonic()
             folder = self.folder if group == "shared" else f"{self.folder}-{safe_name(group)}"
@@ -112,6 +120,7 @@ class SharedBrokers:
                 lambda attempt: RabbitMQServer(
                     self.root.resolve() / (folder + ("" if attempt == 1 else f"-{attempt}")),
                     bin_dir=os.environ.get(RABBITMQ_BIN_ENV, "/usr/lib/rabbitmq/bin"),
+                    config=config,
                 )
             )
             self.startup_s += time.monotonic() - t0
@@ -134,7 +143,8 @@ class SharedBrokers:
         """A fresh vhost on the group's node."""
         self._vhosts += 1
         vhost = f"s{self._vhosts}-{safe_name(name)[-40:]}"
-        self.rabbitmq(group).add_vhost(vhost)
+        node = self._rabbits.get(group) or self.rabbitmq(group)
+        node.add_vhost(vhost)
         return vhost
 
     def close(self) -> None:
@@ -214,7 +224,8 @@ class LocalBackend:
         self._ns_urls[self.backend_url] = self.results.url_at(hub, 1)
 
     def start_broker_node(
-        self, kind: str, *, name: str, group: str = "shared", persistence: str = "none"
+        self, kind: str, *, name: str, group: str = "shared", persistence: str = "none",
+        config: dict[str, str] | None = None,
     ) -> None:
         """Get the scenario's broker: a vhost on the group's node, or a private Redis (in the
         hub namespace with a packet-level network)."""
@@ -224,7 +235,7 @@ class LocalBackend:
         if self.net is not None:
             self._start_in_hub(kind, persistence)
         elif kind == "rabbitmq":
-            self.broker = self.brokers.rabbitmq(group)
+            self.broker = self.brokers.rabbitmq(group, config)
             self.vhost = self.brokers.new_vhost(name, group)
             self.broker_url = self.broker.url(self.vhost)
             self.backend_url = self.brokers.results_redis().url(1)

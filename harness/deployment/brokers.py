@@ -217,6 +217,11 @@ class RabbitMQServer:
         if self.listen != LOOPBACK:  # clients on the namespace's bridge, not loopback
             lines["loopback_users"] = "none"
         (b / "rabbitmq.conf").write_text("".join(f"{k} = {v}\n" for k, v in lines.items()))
+        # A timing knob: RabbitMQ checks consumer timeouts on its channel tick (every 60 s by
+        # default); a scaled consumer_timeout needs a tick to match (measured: 3 s fired at 3.1 s).
+        tick = "[{rabbit, [{channel_tick_interval, 1000}]}].\n" if "consumer_timeout" in \
+            self.config else "[].\n"
+        (b / "advanced.config").write_text(tick)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -235,6 +235,7 @@ class Scenario:
         if spec.network == "netns":
             b.start_network(spec.sysctls)
         b.start_broker_node(spec.broker, name=self.name, group=spec.broker_group,
+                            config=spec.broker_config,
                             persistence=spec.redis_persistence)
         b.start_services()
         self.env = self._process_env(spec.env)

@@ -42,6 +42,9 @@ class DeploymentSpec(BaseModel):
     #: RabbitMQ: the session's shared node (a vhost of its own), or a node shared only by
     #: scenarios naming the same group (those that crash and restart it).
     broker_group: str = "shared"
+    #: RabbitMQ: ``rabbitmq.conf`` lines for the group's node (``{consumer_timeout: 3000}``);
+    #: a node of its own, so every scenario of a ``broker_group`` must give the same ones.
+    broker_config: dict[str, str] = Field(default_factory=dict)
     #: Redis broker persistence: ``none`` (``--save ''``) or ``aof-always``.
     redis_persistence: Literal["none", "aof-always"] = "none"
     workers: int = Field(2, ge=0)
@@ -70,6 +73,9 @@ class DeploymentSpec(BaseModel):
         if self.network == "netns" and self.proxied:
             raise ValueError("network: netns and proxied: true exclude each other: packet "
                              "faults need no proxy")
+        if self.broker_config and (self.broker != "rabbitmq" or self.broker_group == "shared"):
+            raise ValueError("broker_config needs broker: rabbitmq and a broker_group of its "
+                             "own (the shared node keeps RabbitMQ's defaults)")
         if self.sysctls and self.network != "netns":
             raise ValueError("sysctls need network: netns (they are set in its namespaces)")
         for values in self.sysctls.values():
