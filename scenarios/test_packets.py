@@ -15,7 +15,8 @@ Measured on RabbitMQ 3.10 / Redis 7.0 with Celery 5.7.0, kombu 5.7.0 (docs/netwo
   connection. Through the proxy the same cut loses one message per worker.
 - RabbitMQ, the publisher not heard (one way): with confirms publishes fail within the
   confirm timeout and none is lost; without, publishes into the cut succeed and vanish when
-  the broker closes the silent connection.
+  the publisher's kernel gives up on the connection (its ``tcp_retries2=4``: Celery's
+  publisher connections have no heartbeat, so the broker never notices).
 """
 
 from __future__ import annotations
