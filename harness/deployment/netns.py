@@ -150,6 +150,7 @@ class Topology:
         self.nodes[node] = ns
         if not wait_for(lambda: self._entered(ns), 5, interval=0.02):
             raise InfrastructureError(f"network namespace of {node} did not come up")
+        self.run(node, "ip", "link", "set", "lo", "up")  # the holder does too; do not race it
         for pattern, values in self.sysctls.items():
             if fnmatch.fnmatchcase(node, pattern):
                 for key, value in values.items():  # /proc/sys/net is the opener's namespace's
