@@ -10,6 +10,8 @@
 - ``celery-chaos toxiproxy [--host H] [--port P]``: the Toxiproxy-compatible fault proxy.
 - ``celery-chaos load --users N --spawn-rate R --duration T [--fault SPEC ...]``: a load
   test with an optional fault schedule, writing the same report (docs/report.md).
+- ``celery-chaos audit --chaos-app pkg.mod:app [--chaos-workload FILE]``: faults against
+  the app's own configuration, and the fix the catalog proves safe (docs/audit.md).
 
 Exit codes: 0 every invariant held (or every scenario ended as declared), 1 a
 violation, 2 a usage or infrastructure error.
@@ -77,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     add_load_arguments(
         sub.add_parser("load", help="a Locust load test with optional faults, and its report")
     )
+    from harness.runner.audit import add_arguments as add_audit_arguments
+
+    audit = sub.add_parser(
+        "audit", help="faults against your app's own configuration, and the fix that holds"
+    )
+    audit.error = _one_line_error  # type: ignore[method-assign]
+    add_audit_arguments(audit)
     return parser
 
 
@@ -451,6 +460,14 @@ def _print_analyzed(item: dict[str, Any]) -> None:
         print(f"      {note}")
 
 
+def cmd_audit(args: argparse.Namespace, argv: list[str]) -> int:
+    """``celery-chaos audit``: see :mod:`harness.runner.audit`."""
+    from harness.runner.audit import main as audit_main
+
+    args.argv = argv
+    return audit_main(args)
+
+
 def cmd_load(args: argparse.Namespace, argv: list[str]) -> int:
     """``celery-chaos load``: see :mod:`harness.runner.loadtest`."""
     from harness.runner.loadtest import main as load_main
@@ -480,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_analyze(args.path, args.exactly_once, args.json)
         if args.command == "load":
             return cmd_load(args, argv[1:])
+        if args.command == "audit":
+            return cmd_audit(args, argv[1:])
         if args.command == "explore":
             return cmd_explore(args)
         if args.command == "toxiproxy":  # the same entry as `python -m harness.faults.proxy`

@@ -387,6 +387,12 @@ def test_a_pass_on_a_fault_that_reached_one_task_is_flagged_as_weak() -> None:
     assert "partition" not in warning and "beat" not in warning  # enough, or not aimed at tasks
     assert reach_warning(result("valid"), [many, beat]) == ""
     assert reach_warning(result("invalid"), [one]) == ""  # a caught control needs no reach
+    child = FaultWindow(index=4, name="kill_pool_child", target="w1@chaos", start=1, end=1,
+                        touched=["t1"])
+    assert reach_warning(result("valid"), [child]) == ""  # one task is all a child runs
+    child.touched = []
+    assert "pool child killed (OOM) on w1@chaos reached 0 tasks" in reach_warning(
+        result("valid"), [child])
     assert settings_words({}) == "nothing beyond the app's own configuration"
     assert settings_words({"task_acks_late": True,
                            "broker_transport_options": {"visibility_timeout": 6}}) == (

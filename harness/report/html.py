@@ -184,6 +184,8 @@ WEAK_REACH = 1
 #: Process faults aimed at a worker's tasks: what they reach is the evidence of a pass.
 TASK_FAULTS = frozenset({"kill_worker", "kill_pool_child", "pause_worker", "pause_pool_child",
                          "stop_pool_child", "terminate_worker"})
+#: Faults on one pool child: it runs one task at a time, so only none reached is weak.
+CHILD_FAULTS = frozenset({"kill_pool_child", "pause_pool_child", "stop_pool_child"})
 
 
 def reach_warning(result: ScenarioResult, faults: list[FaultWindow]) -> str:
@@ -199,7 +201,9 @@ def reach_warning(result: ScenarioResult, faults: list[FaultWindow]) -> str:
         f"{matrix_mod.fault_label(f.name)} on {f.target} reached {len(f.touched)} "
         f"task{'' if len(f.touched) == 1 else 's'}"
         for f in faults
-        if f.name in TASK_FAULTS and len(f.touched) <= WEAK_REACH
+        # a pool child runs one task at a time: one is all it can reach
+        if f.name in TASK_FAULTS
+        and len(f.touched) <= (0 if f.name in CHILD_FAULTS else WEAK_REACH)
     ]
     if not weak:
         return ""

@@ -1,0 +1,1 @@
+"""Two small apps for ``celery-chaos audit`` tests: Celery's defaults, and an already safe one."""
