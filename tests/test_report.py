@@ -394,6 +394,12 @@ def test_a_pass_on_a_fault_that_reached_one_task_is_flagged_as_weak() -> None:
     assert "pool child killed (OOM) on w1@chaos reached 0 tasks" in reach_warning(
         result("valid"), [child])
     assert settings_words({}) == "nothing beyond the app's own configuration"
+    from harness.report.html import detail_words
+
+    assert detail_words({"pid": 27585, "worker": "w1@chaos", "_cut": object(),
+                         "links": ["w1-broker", "w2-broker"]}) == (
+        "pid = 27585; worker = w1@chaos; links = w1-broker, w2-broker"
+    )
     assert settings_words({"task_acks_late": True,
                            "broker_transport_options": {"visibility_timeout": 6}}) == (
         "broker_transport_options.visibility_timeout = 6, task_acks_late = on"

@@ -31,6 +31,8 @@ ROWS = (
     "Queue depth (messages)",
     "Active workers",
 )
+#: Each chart's y-axis unit, in the order of ROWS.
+UNITS = ("tasks/s", "ms", "s", "messages", "workers")
 _PCT_COLOURS = {"p50": "#1f77b4", "p95": "#ff7f0e", "p99": "#d62728", "max": "#7f7f7f"}
 _RATE_STYLE = {
     "published": ("published (broker ok)", "#1f77b4"),
@@ -61,6 +63,19 @@ def fault_colour(name: str, names: list[str]) -> str:
 
 def _esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
+
+
+def _legend_per_chart(fig: go.Figure) -> None:
+    """A legend beside each chart, holding only that chart's series (units never mix)."""
+    for trace in fig.data:
+        axis = getattr(trace, "yaxis", None) or "y"
+        n = axis[1:]  # "y" -> "", "y2" -> "2"
+        trace.legend = f"legend{n}"
+    for row in range(1, len(ROWS) + 1):
+        n = "" if row == 1 else str(row)
+        top = fig.layout[f"yaxis{n}"].domain[1]
+        fig.update_layout({f"legend{n}": {"x": 1.01, "y": top, "yanchor": "top",
+                                          "orientation": "v", "font": {"size": 11}}})
 
 
 def timeline_figure(tl: Timeline, *, title: str = "") -> go.Figure:
@@ -130,9 +145,11 @@ def timeline_figure(tl: Timeline, *, title: str = "") -> go.Figure:
     fig.update_layout(
         title={"text": _esc(title)} if title else None,
         height=1100, margin={"l": 60, "r": 20, "t": 60 if title else 40, "b": 40},
-        hovermode="x", legend={"orientation": "v", "x": 1.01, "y": 1},
-        template="plotly_white",
+        hovermode="x", template="plotly_white",
     )
+    _legend_per_chart(fig)
+    for row, unit in enumerate(UNITS, 1):
+        fig.update_yaxes(title_text=unit, row=row, col=1)
     fig.update_xaxes(title_text="seconds since the scenario started", row=len(ROWS), col=1)
     fig.update_xaxes(showspikes=True, spikemode="across", spikethickness=1)
     fig.update_yaxes(rangemode="tozero")

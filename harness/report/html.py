@@ -212,6 +212,18 @@ def reach_warning(result: ScenarioResult, faults: list[FaultWindow]) -> str:
             "or a fault timed on running tasks (a `running` trigger) reaches more.")
 
 
+def detail_words(detail: dict[str, Any]) -> str:
+    """A fault window's detail in plain words (``pid = 27585, worker = w1@chaos``); lists
+    joined with commas, private keys left out."""
+    parts = []
+    for key, value in detail.items():
+        if key.startswith("_"):
+            continue
+        shown = ", ".join(str(v) for v in value) if isinstance(value, list) else _fmt(value)
+        parts.append(f"{key} = {shown}")
+    return "; ".join(parts) or "—"
+
+
 def settings_words(settings: dict[str, Any]) -> str:
     """The settings under test in plain words (``key = value``, nested keys dotted)."""
     flat = matrix_mod.flat_settings(settings)
@@ -445,6 +457,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 _env.globals.update(fault_label=matrix_mod.fault_label, fmt=_fmt, settings_words=settings_words,
+                    detail_words=detail_words,
                     duplicates_note=matrix_mod.duplicates_note)
 
 
