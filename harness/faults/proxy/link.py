@@ -1,13 +1,17 @@
 """The TCP data path: one :class:`Connection` per accepted client, two :class:`Link` s each.
 
 A link carries one direction (``upstream`` = client to server, ``downstream`` = server to client).
-With no toxics a link is a plain pipe: each read is written straight to the other transport, and
-flow control pauses the reader while the writer's buffer is full. With toxics, each read becomes
-chunks of at most 32 KiB stamped with the loop time, which travel through one :class:`Stub` (a task
-running the toxic's pipe) per toxic, in the order the toxics were added, to a :class:`Sink` that
-writes the destination socket. The end of stream travels the same way; when it reaches the sink
-the destination socket is closed and the other direction is ended too (no half-close), as in
-Toxiproxy.
+With no toxics a link is a plain pipe: a :class:`.relay.Relay` thread splices the bytes from one
+socket to the other while the event loop leaves the source alone. Where there is no relay (not
+Linux, or until the destination's write buffer has drained after the last toxic left), each read
+is written straight to the other transport, and flow control pauses the reader while the writer's
+buffer is full. Adding a toxic, an end of stream or a socket error stops the relay first: the
+bytes it holds go to the destination transport, then the loop reads the source again. With
+toxics, each read becomes chunks of at most 32 KiB stamped with the loop time, which travel
+through one :class:`Stub` (a task running the toxic's pipe) per toxic, in the order the toxics
+were added, to a :class:`Sink` that writes the destination socket. The end of stream travels the
+same way; when it reaches the sink the destination socket is closed and the other direction is
+ended too (no half-close), as in Toxiproxy.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import threading
 from collections import deque
 from typing import Any, Protocol
 
+from . import relay as relays
 from .toxics import CAPACITY, DEFAULT_CAPACITY, PIPES, TIMED_OUT, Chunk, Item, Toxic, new_state
 
 log = logging.getLogger(__name__)
@@ -293,6 +298,8 @@ class Side(asyncio.BufferedProtocol):
             dst.transport.write(self._view[:nbytes].tobytes())  # type: ignore[union-attr]
             if dst.write_paused:
                 link.pause_source()
+            elif link.relay_wanted:
+                link.start_relay()
         else:
             link.feed(self._view[:nbytes])
 
@@ -331,11 +338,82 @@ class Link:
         self.head: Inlet = self.sink
         self.direct = True  # no toxics and the sink still open: write straight through
         self.ended = False  # end of stream fed in
+        self.relay: relays.Relay | None = None  # the thread moving the bytes while direct
+        self.relay_wanted = relays.AVAILABLE  # direct, but no relay yet: try after a write
         self._src_paused = False
         src.link = self
 
     def refresh_direct(self) -> None:
         self.direct = not self.stubs and not self.sink.done and not self.dst.lost
+        self.relay_wanted = relays.AVAILABLE and self.direct and not self.conn.closing
+
+    # ----- the relay thread (fast path while direct)
+    def start_relay(self) -> None:
+        """Hand the direction to a relay thread if it is direct and nothing is in flight."""
+        src, dst = self.src.transport, self.dst.transport
+        if (
+            not self.relay_wanted
+            or self.relay is not None
+            or self.ended
+            or self._src_paused
+            or self.conn.closing
+            or self.src.lost
+            or self.dst.lost
+            or src is None
+            or dst is None
+            or src.is_closing()
+            or dst.is_closing()
+        ):
+            return
+        if dst.get_write_buffer_size():
+            return  # bytes still queued on the loop: a later write (buffer_updated) retries
+        self.relay_wanted = False
+        src_sock, dst_sock = src.get_extra_info("socket"), dst.get_extra_info("socket")
+        if src_sock is None or dst_sock is None:
+            return
+        relay = relays.Relay(
+            src_sock.fileno(), dst_sock.fileno(), self._relay_exited, f"relay-{self.direction}"
+        )
+        src.pause_reading()
+        try:
+            relay.start()
+        except RuntimeError:  # pragma: no cover - no thread to be had: stay on the loop
+            src.resume_reading()
+            return
+        self.relay = relay
+
+    def stop_relay(self) -> None:
+        """Stop the relay thread (if any) and continue on the asyncio path; waits for it."""
+        relay = self.relay
+        if relay is not None:
+            self._relay_over(relay, relay.stop())
+
+    def _relay_exited(self, relay: relays.Relay) -> None:
+        """From the relay's thread: it returned on its own (end of stream or a socket error)."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to do
+            self.loop.call_soon_threadsafe(self._relay_returned, relay)
+
+    def _relay_returned(self, relay: relays.Relay) -> None:
+        if relay is self.relay:
+            self._relay_over(relay, relay.finish())
+
+    def _relay_over(self, relay: relays.Relay, left: bytes) -> None:
+        """Continue where the relay stopped, as the asyncio path would have at that point."""
+        self.relay = None
+        src, dst = self.src.transport, self.dst.transport
+        assert src is not None and dst is not None
+        if relay.reason == relays.WRITE_ERROR:
+            dst.abort()  # what a failed transport write does (the unsent bytes are lost)
+        elif left and not self.dst.lost:
+            dst.write(left)  # read before whatever comes next: order is kept
+        if relay.reason == relays.EOF:
+            self.source_ended()
+        elif relay.reason == relays.READ_ERROR:
+            src.abort()  # what a failed transport read does
+        elif not self.src.lost:
+            src.resume_reading()
+            if self.dst.write_paused:
+                self.pause_source()
 
     # ----- data in
     def feed(self, data: memoryview) -> None:
@@ -351,6 +429,7 @@ class Link:
 
     def source_ended(self) -> None:
         """The source hit EOF or an error: send the end-of-stream marker down the chain."""
+        self.stop_relay()
         if not self.ended:
             self.ended = True
             self.head.push(None)
@@ -381,6 +460,7 @@ class Link:
     # ----- chain changes
     def add_toxic(self, toxic: Toxic, restart_previous: bool = True) -> None:
         """Append a stub for ``toxic``; the previous last stub restarts (Toxiproxy does)."""
+        self.stop_relay()
         if self.sink.done:
             return
         stub = Stub(self, toxic, self.sink)
@@ -435,8 +515,10 @@ class Link:
         del self.stubs[index]
         self.refresh_direct()
         stub.wake_space_waiters()
+        self.start_relay()
 
     def cancel(self) -> None:
+        self.stop_relay()
         for stub in self.stubs:
             if stub.task is not None:
                 stub.task.cancel()
@@ -491,6 +573,7 @@ class Connection:
         self.upstream: Side | None = None
         self.links: dict[str, Link] = {}
         self.closed = False
+        self.closing = False  # a side ended: no relay starts any more
         self._dial: asyncio.Task[None] | None = None
 
     # ----- lifecycle
@@ -540,9 +623,19 @@ class Connection:
                 link.add_toxic(toxic, restart_previous=False)
         if self.client.transport is not None:
             self.client.transport.resume_reading()
+        for link in self.links.values():
+            link.start_relay()
+
+    def stop_relays(self) -> None:
+        """The connection is ending: every byte goes the asyncio way from now on."""
+        self.closing = True
+        for link in self.links.values():
+            link.relay_wanted = False
+            link.stop_relay()
 
     def link_finished(self, link: Link) -> None:
         """End of stream reached ``link``'s sink: close its destination, end the other link."""
+        self.stop_relays()
         if link.dst.transport is not None:
             link.dst.transport.close()
         other = self.links.get("downstream" if link.direction == "upstream" else "upstream")
@@ -550,6 +643,7 @@ class Connection:
             other.source_ended()
 
     def side_lost(self, side: Side) -> None:
+        self.stop_relays()  # the socket closes when this returns: no thread may still use it
         if side.link is not None:
             side.link.source_ended()
         for link in self.links.values():
@@ -568,6 +662,7 @@ class Connection:
 
     def abort(self) -> None:
         """Close both sockets now (proxy disabled or deleted); data in toxics is lost."""
+        self.stop_relays()
         self.closed = True
         if self._dial is not None and not self._dial.done():
             self._dial.cancel()
