@@ -71,7 +71,43 @@ WORKER_LOST_EXC = frozenset({"WorkerLostError"})
 DROPPED_EXC = WORKER_LOST_EXC | {"Reject"}
 
 
-class Record(BaseModel):
+class TaskEnd:
+    """The one definition of "a task ended", in its two senses, for every kind of record
+    (the validated :class:`Record` and the streamed ``LiteRecord``): reads ``kind`` and
+    ``exc_type`` only."""
+
+    __slots__ = ()
+    kind: Kind
+    exc_type: str | None
+
+    @property
+    def is_worker_lost(self) -> bool:
+        """True for a failure that means the worker lost the task, not that it ran."""
+        return self.kind is Kind.FAILED and (self.exc_type or "") in WORKER_LOST_EXC
+
+    @property
+    def is_dropped(self) -> bool:
+        """True for a failure after which the task is gone without an outcome (see DROPPED_EXC)."""
+        return self.kind is Kind.FAILED and (self.exc_type or "") in DROPPED_EXC
+
+    @property
+    def ends_run(self) -> bool:
+        """This run of the task on a worker is over (the process no longer runs it): it
+        succeeded, failed, was retried (a new message follows), revoked or rejected."""
+        return self.kind in RUN_END_KINDS
+
+    @property
+    def is_completion(self) -> bool:
+        """The task ran to an outcome: ``succeeded``, or ``failed`` other than a drop."""
+        return self.kind is Kind.SUCCEEDED or (self.kind is Kind.FAILED and not self.is_dropped)
+
+    @property
+    def is_terminal(self) -> bool:
+        """Nothing more will come of the task: a completion, or revoked or rejected."""
+        return self.is_completion or self.kind in (Kind.REVOKED, Kind.REJECTED)
+
+
+class Record(TaskEnd, BaseModel):
     """One line of a history file.
 
     Common fields are always present. Kind-specific fields are optional and
@@ -113,34 +149,6 @@ class Record(BaseModel):
     phase: str | None = None  # fault: "start" | "end"; scenario: "start" | "end"
     target: str | None = None  # what a fault/event touched ("w1@chaos", "rabbitmq")
     detail: dict[str, Any] = Field(default_factory=dict)
-
-    @property
-    def is_worker_lost(self) -> bool:
-        """True for a failure that means the worker lost the task, not that it ran."""
-        return self.kind is Kind.FAILED and (self.exc_type or "") in WORKER_LOST_EXC
-
-    @property
-    def is_dropped(self) -> bool:
-        """True for a failure after which the task is gone without an outcome (see DROPPED_EXC)."""
-        return self.kind is Kind.FAILED and (self.exc_type or "") in DROPPED_EXC
-
-    # The one definition of "a task ended", in its two senses.
-
-    @property
-    def ends_run(self) -> bool:
-        """This run of the task on a worker is over (the process no longer runs it): it
-        succeeded, failed, was retried (a new message follows), revoked or rejected."""
-        return self.kind in RUN_END_KINDS
-
-    @property
-    def is_completion(self) -> bool:
-        """The task ran to an outcome: ``succeeded``, or ``failed`` other than a drop."""
-        return self.kind is Kind.SUCCEEDED or (self.kind is Kind.FAILED and not self.is_dropped)
-
-    @property
-    def is_terminal(self) -> bool:
-        """Nothing more will come of the task: a completion, or revoked or rejected."""
-        return self.is_completion or self.kind in (Kind.REVOKED, Kind.REJECTED)
 
 
 #: Records that end one run of a task on a worker (:attr:`Record.ends_run`).

@@ -19,13 +19,11 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError
 
 from harness.history.schema import (
-    DROPPED_EXC,
-    RUN_END_KINDS,
     SCHEMA_VERSION,
-    WORKER_LOST_EXC,
     Kind,
     Record,
     SchemaVersionError,
+    TaskEnd,
 )
 
 #: Compact JSON for messages and for records orjson refuses (non-str keys, huge ints).
@@ -367,9 +365,10 @@ def read_history(directory: str | os.PathLike[str]) -> History:
 # -- streaming: a history read from disk as it is iterated, in constant memory -------------
 
 
-class LiteRecord(msgspec.Struct, gc=False):
+class LiteRecord(msgspec.Struct, TaskEnd, gc=False):
     """A :class:`~harness.history.schema.Record` as msgspec decodes it: the same fields, types
-    and properties, a fraction of the cost (no pydantic model a record; extra keys dropped).
+    and properties (:class:`~harness.history.schema.TaskEnd`), a fraction of the cost (no
+    pydantic model a record; extra keys dropped).
 
     msgspec is stricter than pydantic's lax mode (no ``"1"`` for an int, no ``1`` for a
     bool), so a line it refuses is judged by :func:`validate_raws`, the one definition of a
@@ -408,31 +407,6 @@ class LiteRecord(msgspec.Struct, gc=False):
     def of(cls, rec: Record) -> LiteRecord:
         """The light copy of a validated :class:`Record` (its extra keys left out)."""
         return cls(**{name: getattr(rec, name) for name in cls.__struct_fields__})
-
-    @property
-    def is_worker_lost(self) -> bool:
-        """:attr:`Record.is_worker_lost`."""
-        return self.kind is Kind.FAILED and (self.exc_type or "") in WORKER_LOST_EXC
-
-    @property
-    def is_dropped(self) -> bool:
-        """:attr:`Record.is_dropped`."""
-        return self.kind is Kind.FAILED and (self.exc_type or "") in DROPPED_EXC
-
-    @property
-    def ends_run(self) -> bool:
-        """:attr:`Record.ends_run`."""
-        return self.kind in RUN_END_KINDS
-
-    @property
-    def is_completion(self) -> bool:
-        """:attr:`Record.is_completion`."""
-        return self.kind is Kind.SUCCEEDED or (self.kind is Kind.FAILED and not self.is_dropped)
-
-    @property
-    def is_terminal(self) -> bool:
-        """:attr:`Record.is_terminal`."""
-        return self.is_completion or self.kind in (Kind.REVOKED, Kind.REJECTED)
 
 
 #: A record as a checker reads it: validated by pydantic, or decoded by msgspec.
