@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import smtplib
 import socket
 import sqlite3
@@ -218,3 +219,34 @@ def test_seed_reports_db(tmp_path: Path) -> None:
         assert conn.execute("SELECT COUNT(*) FROM reports").fetchone() == (3,)
     finally:
         conn.close()
+
+
+def test_services_in_a_process_of_their_own(tmp_path: Path) -> None:
+    """The deployment's services run in a child process, driven as they were in process."""
+    import urllib.error
+    import urllib.request
+
+    from harness.deployment.services import ServicesProcess
+
+    services = ServicesProcess(tmp_path / "services").start()
+    try:
+        assert services.smtp is not None and services.http is not None
+        assert services.proc is not None and services.proc.pid != os.getpid()
+        with smtplib.SMTP(services.smtp.host, services.smtp.port, timeout=5) as client:
+            client.sendmail("a@example.com", ["b@example.com"],
+                            "Subject: hi\r\nX-Celery-Task-Id: t1\r\n\r\nbody\r\n")
+        assert [m["task_id"] for m in services.smtp.messages()] == ["t1"]
+        services.http.set_failures("k", 1)
+        statuses = []
+        for _ in range(2):
+            try:
+                with urllib.request.urlopen(f"{services.http.base_url}/flaky/k", timeout=5) as r:
+                    statuses.append(r.status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+        assert statuses == [503, 200]
+        assert [(r["path"], r["status"]) for r in services.http.requests_log()] == [
+            ("/flaky/k", 503), ("/flaky/k", 200)]  # control requests are not logged
+    finally:
+        services.stop()
+    assert services.proc is not None and not services.proc.is_running()

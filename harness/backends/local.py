@@ -33,7 +33,8 @@ from harness.deployment.brokers import RabbitMQServer, RedisServer
 from harness.deployment.links import LinkProxies
 from harness.deployment.netns import HUB, Cut, Topology
 from harness.deployment.processes import free_port, wait_for
-from harness.deployment.sinks import FlakyHttpServer, SmtpSink, seed_reports_db
+from harness.deployment.services import RemoteHttp, RemoteSmtp, ServicesProcess
+from harness.deployment.sinks import seed_reports_db
 from harness.deployment.workers import Beat, Worker
 from harness.errors import InfrastructureError
 from harness.results import safe_name
@@ -173,8 +174,9 @@ class LocalBackend:
         self.vhost = ""
         self.workers: dict[str, Worker] = {}
         self.beats: dict[str, Beat] = {}
-        self.smtp: SmtpSink | None = None
-        self.http: FlakyHttpServer | None = None
+        self.services: ServicesProcess | None = None
+        self.smtp: RemoteSmtp | None = None
+        self.http: RemoteHttp | None = None
         self.links: LinkProxies | None = None
         self.reports_db: Path | None = None
         self.stop_grace_s = STOP_GRACE_S
@@ -250,8 +252,9 @@ class LocalBackend:
         """The SMTP sink, the flaky HTTP server and the sample app's database."""
         services = self.dir / "services"
         services.mkdir(exist_ok=True)
-        self.smtp = SmtpSink(services / "smtp.jsonl").start()
-        self.http = FlakyHttpServer().start()
+        # a process of their own: the harness's work never starves what the app depends on
+        self.services = ServicesProcess(services).start()
+        self.smtp, self.http = self.services.smtp, self.services.http
         self.reports_db = services / "reports.sqlite3"
         seed_reports_db(self.reports_db)
 
@@ -404,7 +407,8 @@ class LocalBackend:
             steps.append(self.broker.stop)
         if self.results is not None:
             steps.append(self.results.stop)
-        steps += [s.stop for s in (self.smtp, self.http) if s is not None]
+        if self.services is not None:
+            steps.append(self.services.stop)
         if self.links is not None:
             steps.append(self.links.stop)
         if self.net is not None:  # last: its namespaces end with their processes

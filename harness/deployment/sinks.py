@@ -2,6 +2,8 @@
 
 Both servers run in threads of the calling process, listen on 127.0.0.1 only, on a free port
 chosen at ``start()``, and record what they saw so the checker can compare it with the history.
+A deployment runs them in a process of their own (:mod:`harness.deployment.services`), so that
+the harness's own work never starves the services the app under test depends on.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from harness.errors import InfrastructureError
 LOOPBACK = "127.0.0.1"
 TASK_ID_HEADER = "X-Celery-Task-Id"  # set by sample_app.tasks.send_email
 MAX_SLOW_SECONDS = 300.0
+#: Paths under this prefix control the flaky server from another process (never logged).
+CONTROL = "/_chaos/"
 
 
 class _RecordingHandler:
@@ -142,6 +146,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
+        if self.path == CONTROL + "requests":  # the log, for a harness in another process
+            self._reply(200, json.dumps(self.server.owner.requests_log()).encode(),
+                        "application/json")
+            return
         mono_ns, wall_ns = time.monotonic_ns(), time.time_ns()
         status = self.server.owner._answer(self.path)
         body = f"{status} {HTTPStatus(status).phrase}\n".encode()
@@ -154,6 +162,31 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
         except OSError:  # the client went away (e.g. its timeout fired during /slow)
+            pass
+
+    def do_POST(self) -> None:
+        """``POST /_chaos/failures/<key>?k=N``: :meth:`FlakyHttpServer.set_failures` from
+        another process (control requests are not logged)."""
+        parts = urlsplit(self.path)
+        segments = [x for x in parts.path.split("/") if x]
+        try:
+            if segments[:2] != [CONTROL.strip("/"), "failures"] or len(segments) != 3:
+                raise ValueError("unknown control path")
+            k = int(parse_qs(parts.query).get("k", [""])[0])
+            self.server.owner.set_failures(segments[2], k)
+        except (ValueError, IndexError) as exc:
+            self._reply(400, f"{exc}\n".encode())
+            return
+        self._reply(200, b"ok\n")
+
+    def _reply(self, status: int, body: bytes, kind: str = "text/plain; charset=utf-8") -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
             pass
 
     def log_message(self, format: str, *args: Any) -> None:
