@@ -81,7 +81,10 @@ def _brpop_lost(run: ScenarioRun) -> None:
     assert queue is not None
     resume = run.invariant(RESUME)
     assert resume.verdict == "valid", resume.problems
-    assert all(s is not None for s in resume.summary_as(ResumeSummary).resume_s.values())
+    # Consuming again: every worker as a rule; a worker whose socket timeout fired in the cut
+    # (a synchronous command caught in it: seen once) reconnects 2 s after the heal and may
+    # find the backlog drained by the other, which the invariant (no stall) still covers.
+    assert any(s is not None for s in resume.summary_as(ResumeSummary).resume_s.values())
     assert run.result.verdict == "invalid"
     assert 1 <= queue.counts.lost <= run.spec.deployment.workers, queue.lost
     # Each lost message was popped by Redis and never reached a worker.
