@@ -217,8 +217,8 @@ def _finish(
 
 
 def _progress(config: pytest.Config, scenario: Any) -> Any:
-    """Live progress lines for one scenario on the terminal (none under xdist, or with
-    ``--chaos-progress 0``)."""
+    """Live progress lines for one scenario on the terminal (an xdist worker's go to its
+    stderr, the controller's terminal); none with ``--chaos-progress 0``."""
     from harness.runner.progress import Progress
 
     reporter = config.pluginmanager.getplugin("terminalreporter")

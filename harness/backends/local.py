@@ -62,6 +62,14 @@ def redis_server(run_dir: Path, **kwargs: Any) -> RedisServer:
     )
 
 
+def rabbitmq_server(run_dir: Path, *args: Any, **kwargs: Any) -> RabbitMQServer:
+    """A :class:`RabbitMQServer` using ``$CHAOS_RABBITMQ_BIN_DIR`` for its scripts when set."""
+    return RabbitMQServer(
+        run_dir, *args, bin_dir=os.environ.get(RABBITMQ_BIN_ENV, "/usr/lib/rabbitmq/bin"),
+        **kwargs,
+    )
+
+
 def _gone(proc: psutil.Process) -> bool:
     """Whether a process has exited (a zombie has)."""
     try:
@@ -118,9 +126,8 @@ class SharedBrokers:
             t0 = time.monotonic()
             folder = self.folder if group == "shared" else f"{self.folder}-{safe_name(group)}"
             self._rabbits[group] = _started(
-                lambda attempt: RabbitMQServer(
+                lambda attempt: rabbitmq_server(
                     self.root.resolve() / (folder + ("" if attempt == 1 else f"-{attempt}")),
-                    bin_dir=os.environ.get(RABBITMQ_BIN_ENV, "/usr/lib/rabbitmq/bin"),
                     config=config,
                 )
             )
@@ -181,7 +188,7 @@ class LocalBackend:
         self.reports_db: Path | None = None
         self.stop_grace_s = STOP_GRACE_S
         self.net: Topology | None = None
-        self.results: Any = None  # a private result backend (packet-level networks)
+        self.results: RedisServer | None = None  # own result backend (packet-level networks)
         self._ns_urls: dict[str, str] = {}  # harness URL -> URL inside the namespaces
 
     # -- brokers and services --------------------------------------------------------------
@@ -212,10 +219,9 @@ class LocalBackend:
             self._ns_urls[self.backend_url] = self.broker.url_at(hub, 1)
             return
         port = free_port()
-        self.broker = RabbitMQServer(
-            self.dir.resolve(), port,
-            bin_dir=os.environ.get(RABBITMQ_BIN_ENV, "/usr/lib/rabbitmq/bin"),
-            prefix=net.prefix(HUB), listen="0.0.0.0", access=("127.0.0.1", net.expose(HUB, port)),
+        self.broker = rabbitmq_server(
+            self.dir.resolve(), port, prefix=net.prefix(HUB), listen="0.0.0.0",
+            access=("127.0.0.1", net.expose(HUB, port)),
         )
         self.results = redis_in_hub("redis-results", "none")
         in_parallel([self.broker.start, self.results.start])

@@ -91,10 +91,14 @@ def ready_series(history: History) -> list[tuple[int, int | None]]:
     out: list[tuple[int, int | None]] = []
     for rec in history.records:
         if rec.kind is Kind.DEPLOYMENT and rec.name == "queue_depth":
-            ready = rec.detail.get("ready")
-            total = sum(int(v) for v in ready.values()) if isinstance(ready, dict) else None
-            out.append((rec.mono_ns, total))
+            out.append((rec.mono_ns, ready_total(rec)))
     return out
+
+
+def ready_total(rec: Record) -> int | None:
+    """Messages ready in every queue, by a ``queue_depth`` record (None: a broker error)."""
+    ready = rec.detail.get("ready")
+    return sum(int(v) for v in ready.values()) if isinstance(ready, dict) else None
 
 
 # -- workers resume consuming --------------------------------------------------------------

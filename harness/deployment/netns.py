@@ -116,7 +116,6 @@ class Topology:
         self.nodes: dict[str, Namespace] = {}
         self._relays: list[ManagedProcess] = []
         self._sockets = Path(tempfile.mkdtemp(prefix="chaos-netns-"))  # short: sun_path
-        self._cuts: list[Cut] = []
         self._next = 1
 
     # -- building ----------------------------------------------------------------------------
@@ -250,14 +249,11 @@ class Topology:
         except InfrastructureError:
             self._delete(done)
             raise
-        self._cuts.append(cut)
         return cut
 
     def heal(self, cut: Cut) -> None:
         """Delete the rules of ``cut``."""
         self._delete(cut.rules)
-        if cut in self._cuts:
-            self._cuts.remove(cut)
 
     def _delete(self, rules: list[tuple[str, list[str]]]) -> None:
         errors = []

@@ -35,6 +35,7 @@ from harness.report.junit import write_junit
 from harness.report.locust_stats import LocustStats, scenario_loads
 from harness.report.timeline import (
     MAX_TASK_HISTORIES,
+    WORKER_FAULTS,
     FaultWindow,
     Timeline,
     build_timeline,
@@ -181,11 +182,9 @@ def scenario_words(result: ScenarioResult) -> str:
 
 #: A fault that reached at most this many tasks proves little when its scenario passes.
 WEAK_REACH = 1
-#: Process faults aimed at a worker's tasks: what they reach is the evidence of a pass.
-TASK_FAULTS = frozenset({"kill_worker", "kill_pool_child", "pause_worker", "pause_pool_child",
-                         "stop_pool_child", "terminate_worker"})
-#: Faults on one pool child: it runs one task at a time, so only none reached is weak.
-CHILD_FAULTS = frozenset({"kill_pool_child", "pause_pool_child", "stop_pool_child"})
+#: Faults on one pool child (record names): it runs one task at a time, so only none reached
+#: is weak.
+CHILD_FAULTS = frozenset({"kill_pool_child", "stop_pool_child"})
 
 
 def reach_warning(result: ScenarioResult, faults: list[FaultWindow]) -> str:
@@ -202,7 +201,7 @@ def reach_warning(result: ScenarioResult, faults: list[FaultWindow]) -> str:
         f"task{'' if len(f.touched) == 1 else 's'}"
         for f in faults
         # a pool child runs one task at a time: one is all it can reach
-        if f.name in TASK_FAULTS
+        if f.name in WORKER_FAULTS
         and len(f.touched) <= (0 if f.name in CHILD_FAULTS else WEAK_REACH)
     ]
     if not weak:

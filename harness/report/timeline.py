@@ -31,9 +31,10 @@ PERCENTILES = (50, 95, 99)
 _WORKER_END = {"succeeded", "failed", "retried", "revoked", "rejected"}
 _COMPLETION = {"succeeded", "failed"}
 #: Faults whose target is one worker: they touch the tasks that worker held.
-_WORKER_FAULTS = {
-    "kill_worker", "kill_pool_child", "pause_worker", "stop_worker", "terminate_worker"
-}
+WORKER_FAULTS = frozenset({
+    "kill_worker", "kill_pool_child", "stop_pool_child", "pause_worker", "stop_worker",
+    "terminate_worker",
+})
 _WORKER_NODE = re.compile(r"w\d+")
 
 
@@ -287,7 +288,7 @@ def fault_scope(fw: FaultWindow) -> tuple[set[str] | None, bool]:
     ``<node>-broker``/``<node>-backend`` (``w1-broker,publisher-broker``); anything else
     (a broker crash) touches every worker and every publish.
     """
-    if fw.name in _WORKER_FAULTS or "@" in fw.target:
+    if fw.name in WORKER_FAULTS or "@" in fw.target:
         return {fw.target.split("@")[0]}, False
     nodes = {p.strip().split("-")[0] for p in fw.target.split(",") if p.strip()}
     workers = {n for n in nodes if _WORKER_NODE.fullmatch(n)}

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.checks.liveness import ready_total
 from harness.history.reader import HistoryTail, TailCursor
 from harness.history.schema import Kind, Record
 
@@ -40,8 +41,7 @@ class Figures:
             if rec.kind is Kind.FAILED:
                 self.failed += 1
         elif rec.kind is Kind.DEPLOYMENT and rec.name == "queue_depth":
-            ready = rec.detail.get("ready")
-            self.ready = sum(int(v) for v in ready.values()) if isinstance(ready, dict) else None
+            self.ready = ready_total(rec)
         elif rec.kind is Kind.FAULT:
             key = (rec.name or "", rec.target or "")
             if rec.phase == "start":
