@@ -118,6 +118,44 @@ def test_rabbit_vhost_isolation(rabbit: RabbitMQServer) -> None:
     assert "scenario-a" not in vhosts and '"/"' in vhosts
 
 
+def test_rabbit_queue_depths_keeps_missing_queues_absent(rabbit: RabbitMQServer) -> None:
+    vhost = 'odd "vhost" é'
+    url = rabbit.add_vhost(vhost)
+    rabbit.add_vhost(vhost)  # again: no error, like `rabbitmqctl add_vhost`
+    odd = 'q "quoted" \\ é'
+    publish(url, odd, 1)
+    publish(url, "plain", 1)
+    publish(url, "plain", 2)
+    assert rabbit.queue_depths(vhost) == {odd: (1, 0), "plain": (2, 0)}
+    # a queue that does not exist is absent, not (0, 0): a lost queue stays visible
+    assert rabbit.queue_depths(vhost, queues=["plain", "never-declared"]) == {"plain": (2, 0)}
+    with Connection(url) as conn:
+        held = get_unacked(conn, "plain")
+        assert rabbit.queue_depths(vhost, queues=[odd, "plain"]) == {odd: (1, 0), "plain": (1, 1)}
+        held.ack()
+    rabbit.delete_vhost(vhost)
+    with pytest.raises(InfrastructureError, match="vhost 'odd \"vhost\" é' does not exist"):
+        rabbit.queue_depths(vhost)
+    with pytest.raises(InfrastructureError, match="no_such_vhost"):
+        rabbit.delete_vhost(vhost)
+
+
+def test_rabbit_erl_eval_failures_are_one_line(rabbit: RabbitMQServer) -> None:
+    assert rabbit.erl_eval('io:put_chars("hi"), io:nl().') == "hi"
+    with pytest.raises(InfrastructureError, match=r"erl_call on chaos-\w+@localhost failed: "
+                                                  r"\{error, .*boom") as err:
+        rabbit.erl_eval("erlang:error(boom).")
+    assert "\n" not in str(err.value)
+    with pytest.raises(InfrastructureError, match=r"timed out after 1s"):
+        rabbit.erl_eval("timer:sleep(5000), io:nl().", timeout=1)
+
+
+def test_rabbit_queue_depths_of_a_node_that_is_down_raises(tmp_path: Path) -> None:
+    server = RabbitMQServer(tmp_path, dist_port=free_port())  # never started
+    with pytest.raises(InfrastructureError, match="erl_call on .* failed"):
+        server.queue_depths()
+
+
 def test_rabbit_listens_on_loopback_only(rabbit: RabbitMQServer) -> None:
     listening = []
     for pid in rabbit.pids():

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import uuid
@@ -81,6 +83,26 @@ class Broker(Protocol):
 # ============================================================================================
 # RabbitMQ
 
+# Prints the JSON ``[[name, ready, unacked], ...]`` of the queues of vhost VHOST (live and
+# down ones, as ``rabbitmqctl list_queues`` lists them; a figure a down queue cannot give is
+# null), or ``null`` when the vhost does not exist.
+_QUEUE_DEPTHS_ERL = """V = VHOST,
+N = fun(X) when is_integer(X) -> X; (_) -> null end,
+io:put_chars(case rabbit_vhost:exists(V) of
+    false -> <<"null">>;
+    true -> rabbit_json:encode(
+        [[element(4, proplists:get_value(name, I)),
+          N(proplists:get_value(messages_ready, I)),
+          N(proplists:get_value(messages_unacknowledged, I))]
+         || I <- rabbit_amqqueue:info_all(V, [name, messages_ready, messages_unacknowledged])])
+end),
+io:nl()."""
+
+
+def _erl_binary(text: str) -> str:
+    """``text`` as an Erlang binary literal of its UTF-8 bytes (no quoting to get wrong)."""
+    return "<<" + ",".join(str(b) for b in text.encode()) + ">>"
+
 
 class RabbitMQServer:
     """A private RabbitMQ node: its own epmd, Erlang cookie, ports, data and logs.
@@ -142,6 +164,11 @@ class RabbitMQServer:
                 f"epmd not found: {_INSTALL_HINT.format(pkg='rabbitmq-server erlang-base')}"
             )
         self._epmd_bin = epmd
+        # erl_call (erlang-base, like epmd): found here, required only by erl_eval
+        erl_call = shutil.which("erl_call", path=search_path)
+        if erl_call is None and search_path is None:
+            erl_call = next(iter(sorted(glob.glob("/usr/lib/erlang/erts-*/bin/erl_call"))), None)
+        self._erl_call_bin = erl_call
         self._requested = {"AMQP": port, "Erlang distribution": dist_port, "epmd": epmd_port}
         self.port = port or 0
         self.dist_port = dist_port or 0
@@ -316,6 +343,10 @@ class RabbitMQServer:
     def is_running(self) -> bool:
         return self._node is not None and self._node.is_running()
 
+    def server_pid(self) -> int | None:
+        """The node's pid (``beam.smp``: the script execs the VM), None when not running."""
+        return self._node.pid if self.is_running() else None  # type: ignore[union-attr]
+
     # -- clients ---------------------------------------------------------------------------
 
     def url(self, vhost: str = "/") -> str:
@@ -351,31 +382,77 @@ class RabbitMQServer:
         return res.stdout
 
     def add_vhost(self, name: str) -> str:
-        """Create vhost ``name`` with full permissions for guest; return its URL."""
-        self.rabbitmqctl("add_vhost", name)
-        self.rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        """Create vhost ``name`` (if it does not exist) with full permissions for guest; return
+        its URL: the calls ``rabbitmqctl add_vhost`` and ``set_permissions`` make, through
+        :meth:`erl_eval` (milliseconds instead of two Erlang VM starts)."""
+        v = _erl_binary(name)
+        self.erl_eval(
+            f'ok = rabbit_vhost:add({v}, <<"celery-chaos">>),'
+            f' ok = rabbit_auth_backend_internal:set_permissions(<<"guest">>, {v},'
+            ' <<".*">>, <<".*">>, <<".*">>, <<"celery-chaos">>), io:nl().'
+        )
         return self.url(name)
 
     def delete_vhost(self, name: str) -> None:
-        """Delete vhost ``name`` and everything in it."""
-        self.rabbitmqctl("delete_vhost", name)
+        """Delete vhost ``name`` and everything in it (one that does not exist raises
+        :class:`InfrastructureError`)."""
+        self.erl_eval(f'ok = rabbit_vhost:delete({_erl_binary(name)}, <<"celery-chaos">>),'
+                      " io:nl().")
+
+    def erl_eval(self, expr: str, timeout: float = 60.0) -> str:
+        """Evaluate the Erlang expressions ``expr`` (ending ``.``) on the node through
+        ``erl_call`` and return what they printed, which must end with a newline (returned
+        without it).
+
+        ``erl_call`` is a C client of Erlang distribution (it connects straight to the
+        node's distribution port): no Erlang VM starts, unlike ``rabbitmqctl``
+        (``bench/bench_queue_probe.py`` measures both). A failure, an exception in ``expr``
+        included, raises a one-line :class:`InfrastructureError`."""
+        if self._erl_call_bin is None:
+            raise InfrastructureError(
+                f"erl_call not found: {_INSTALL_HINT.format(pkg='erlang-base')}"
+            )
+        env = {**os.environ, **self._env(), **marker_env()}  # HOME holds the node's cookie
+        cmd = [*self.prefix, self._erl_call_bin, "-address", f"{LOOPBACK}:{self.dist_port}",
+               "-timeout", str(max(1, math.ceil(timeout))), "-fetch_stdout", "-e"]
+        try:
+            res = subprocess.run(
+                cmd, input=expr + "\n", env=env, capture_output=True, text=True,
+                timeout=timeout + 5, start_new_session=True,
+            )
+        except subprocess.TimeoutExpired:
+            res = None
+        if res is None or res.returncode != 0:  # erl_call's -timeout ends it with SIGALRM
+            why = f"timed out after {timeout:g}s" if res is None or \
+                res.returncode == -signal.SIGALRM else \
+                f"failed (exit {res.returncode}): {_one_line(res.stderr or res.stdout)}"
+            raise InfrastructureError(f"erl_call on {self.node_name} {why}: see {self.log_dir}")
+        # stdout: what expr printed, then the result term: {ok, _} or {error, Reason}
+        printed, _, term = res.stdout.rpartition("\n")
+        if not term.startswith("{ok,"):
+            raise InfrastructureError(
+                f"erl_call on {self.node_name} failed: {_one_line(term, 300)}"
+            )
+        return printed
 
     def queue_depths(
         self, vhost: str = "/", queues: Iterable[str] | None = None
     ) -> dict[str, tuple[int, int]]:
         """``{queue: (messages_ready, messages_unacknowledged)}`` for the queues that exist in
-        ``vhost`` (optionally only those named in ``queues``), via ``rabbitmqctl list_queues``.
-        A queue that does not exist is absent (not ``(0, 0)``): a lost queue stays visible."""
-        out = self.rabbitmqctl(
-            "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged",
-            "--formatter", "json",
-        )
-        rows = json.loads(out or "[]")
+        ``vhost`` (optionally only those named in ``queues``), asked of the node through
+        :meth:`erl_eval`: the figures ``rabbitmqctl list_queues`` gives (each queue process
+        answers; no statistics interval), in milliseconds. A queue that does not exist is
+        absent (not ``(0, 0)``): a lost queue stays visible. A vhost that does not exist
+        raises :class:`InfrastructureError`."""
+        out = self.erl_eval(_QUEUE_DEPTHS_ERL.replace("VHOST", _erl_binary(vhost)))
+        rows = json.loads(out)
+        if rows is None:
+            raise InfrastructureError(f"vhost {vhost!r} does not exist on {self.node_name}")
         wanted = set(queues) if queues is not None else None
         return {
-            r["name"]: (int(r["messages_ready"] or 0), int(r["messages_unacknowledged"] or 0))
-            for r in rows
-            if wanted is None or r["name"] in wanted
+            name: (int(ready or 0), int(unacked or 0))
+            for name, ready, unacked in rows
+            if wanted is None or name in wanted
         }
 
     def version(self) -> str:
@@ -509,6 +586,10 @@ class RedisServer:
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.is_running()
+
+    def server_pid(self) -> int | None:
+        """The ``redis-server`` pid, None when not running."""
+        return self._proc.pid if self.is_running() else None  # type: ignore[union-attr]
 
     def url(self, db: int = 0) -> str:
         """``redis://127.0.0.1:PORT/<db>``: the harness's address of the server (its relay

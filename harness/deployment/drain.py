@@ -104,7 +104,7 @@ def drain(
     *,
     timeout: float = 60.0,
     settle: float = 3.0,
-    poll: float = 0.25,
+    poll: float = 0.1,
     writer: HistoryWriter | None = None,
     tail: HistoryTail | None = None,
 ) -> DrainResult:
@@ -127,8 +127,8 @@ def drain(
         outstanding, count, running = state.update()
         if count != last_count:
             last_count, last_change = count, now
-        # Ask the broker only when its answer can end the drain (RabbitMQ's answer costs a
-        # `rabbitmqctl` run, about a CPU-second): every task done, or the history quiet.
+        # Ask the broker only when its answer can end the drain: every task done, or the
+        # history quiet (an answer costs milliseconds: bench/bench_queue_probe.py).
         empty, reason_err = False, ""
         if not outstanding or now - last_change >= settle or now - start >= timeout:
             try:
