@@ -15,6 +15,7 @@ no service (``nap``, ``hang``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -76,6 +77,14 @@ def _gone(proc: psutil.Process) -> bool:
         return proc.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def _stopped(pid: int) -> bool:
+    """Whether a process is stopped (SIGSTOP); a process gone is not."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _started(make: Callable[[int], Any], attempts: int = 2) -> Any:
@@ -190,6 +199,7 @@ class LocalBackend:
         self.net: Topology | None = None
         self.results: RedisServer | None = None  # own result backend (packet-level networks)
         self._ns_urls: dict[str, str] = {}  # harness URL -> URL inside the namespaces
+        self._paused_broker: int | None = None  # pid SIGSTOPped by pause_broker
 
     # -- brokers and services --------------------------------------------------------------
 
@@ -312,6 +322,27 @@ class LocalBackend:
         """Start the broker again on its data directory."""
         self.broker.start()
 
+    def pause_broker(self) -> None:
+        """SIGSTOP the broker process (``redis-server``, or RabbitMQ's ``beam.smp``): every
+        connection stays open and nothing answers, a silent peer no proxy produces. On
+        RabbitMQ it freezes the whole node, every vhost of its ``broker_group``."""
+        pid = self.broker.server_pid() if self.broker is not None else None
+        if pid is None:
+            raise BackendError("pause_broker: the broker is not running")
+        os.kill(pid, signal.SIGSTOP)
+        self._paused_broker = pid
+        # The signal is delivered asynchronously: return once the kernel shows it stopped.
+        if not wait_for(lambda: _stopped(pid), 5.0, interval=0.01):
+            raise BackendError(f"pause_broker: pid {pid} not stopped 5 s after SIGSTOP")
+
+    def resume_broker(self) -> None:
+        """SIGCONT the broker paused by :meth:`pause_broker` (no-op when none is)."""
+        pid, self._paused_broker = self._paused_broker, None
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+            wait_for(lambda: not _stopped(pid), 5.0, interval=0.01)
+
     def queue_depths(self, queues: list[str]) -> dict[str, tuple[int, int]]:
         """``{queue: (ready, unacked)}`` on the scenario's broker."""
         if self.broker_kind == "rabbitmq":
@@ -409,6 +440,8 @@ class LocalBackend:
         if procs:
             stops = [partial(p.stop, timeout=self.stop_grace_s) for p in procs]
             steps.append(partial(in_parallel, stops))
+        if self._paused_broker is not None:  # a pause never healed: a stopped broker
+            steps.insert(0, self.resume_broker)  # ignores SIGTERM, and its clients hang
         if self.own_broker and self.broker is not None:
             steps.append(self.broker.stop)
         if self.results is not None:

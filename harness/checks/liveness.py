@@ -43,7 +43,7 @@ def _s(ns: int | None) -> float | None:
 
 
 #: Broker faults whose end (the broker back) is a heal too: workers must consume again.
-_BROKER_FAULTS = frozenset({"crash_broker", "stop_broker"})
+_BROKER_FAULTS = frozenset({"crash_broker", "stop_broker", "pause_broker"})
 
 
 def is_network_fault(rec: Record) -> bool:
@@ -58,7 +58,7 @@ def is_connection_fault(rec: Record) -> bool:
 
 def heals(history: History) -> list[Record]:
     """The ``end`` records of network faults (partitions, latency, bandwidth, packets) and
-    broker outages (crash, stop: the broker is back), in order."""
+    broker outages (crash, stop, pause: the broker is back or thawed), in order."""
     return [r for r in history.records if is_connection_fault(r) and r.phase == "end"]
 
 

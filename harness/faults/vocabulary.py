@@ -353,6 +353,29 @@ class StopBroker(CrashBroker):
         dep.stop_broker()
 
 
+@register
+class PauseBroker(Op):
+    """SIGSTOP the broker process (``redis-server``, RabbitMQ's ``beam.smp``) for the window,
+    then SIGCONT: connections stay open and nothing answers, the silent peer that a proxy
+    cannot produce (its heal closes the links it held)."""
+
+    op: Literal["pause_broker"] = "pause_broker"
+    label: ClassVar[str] = "SIGSTOP the broker process for the window, then SIGCONT"
+    held: ClassVar[bool] = True
+
+    def target(self) -> str:
+        return "broker"
+
+    def prepare(self, dep: Deployment, window: Window) -> None:
+        window.target = str(dep.broker_kind)
+
+    def apply(self, dep: Deployment, window: Window) -> None:
+        dep.pause_broker()
+
+    def heal(self, dep: Deployment, window: Window) -> None:
+        dep.resume_broker()
+
+
 # -- links (through the Toxiproxy API) -------------------------------------------------------
 
 STREAMS = ("upstream", "downstream")

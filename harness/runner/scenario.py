@@ -362,6 +362,12 @@ class Scenario:
     def start_broker(self) -> None:
         self.backend.start_broker()
 
+    def pause_broker(self) -> None:
+        self.backend.pause_broker()
+
+    def resume_broker(self) -> None:
+        self.backend.resume_broker()
+
     def select_links(self, targets: str | list[str]) -> list[str]:
         if self.backend.links is None:
             raise InfrastructureError(
