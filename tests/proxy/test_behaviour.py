@@ -602,3 +602,27 @@ def test_slow_close_delays_eof(client: ToxiproxyClient, blast_server: TcpServer)
         assert sock.recv(10) == b""
         elapsed = time.perf_counter() - start
     assert 0.280 <= elapsed <= 0.300 + 0.100
+
+
+def test_bytes_read_before_upstream_connects_are_kept(
+    client: ToxiproxyClient, echo_server: TcpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian 12's Python 3.11.2 reads a new socket once even though the protocol paused it in
+    connection_made: bytes that arrive before the upstream connection is up reach it later
+    (they were dropped, and a client's first message with them: seen in the compose image)."""
+    from harness.faults.proxy import link
+
+    made = link.Connection.side_made
+
+    def side_made_without_pause(self: link.Connection, side: link.Side) -> None:
+        if side is self.client:
+            assert side.transport is not None
+            side.transport.pause_reading = lambda: None  # type: ignore[method-assign]
+        made(self, side)
+
+    monkeypatch.setattr(link.Connection, "side_made", side_made_without_pause)
+    port = make_proxy(client, echo_server)
+    for _ in range(5):
+        with connect(port) as sock:
+            sock.sendall(b"first message")  # at once: before the upstream dial completes
+            assert recv_exactly(sock, 13) == b"first message"

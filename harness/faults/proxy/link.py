@@ -278,6 +278,10 @@ class Side(asyncio.BufferedProtocol):
         self.space_waiters: list[asyncio.Future[Any]] = []
         self.lost = False
         self._view = _read_buffer()
+        #: Bytes read before the connection had its links. The client side pauses reading in
+        #: connection_made, but some Pythons (3.11.2, Debian 12's) still read once after it:
+        #: those bytes wait here instead of being dropped.
+        self.early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -290,18 +294,24 @@ class Side(asyncio.BufferedProtocol):
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        link = self.link
-        if link is None:
+        if self.link is None:
+            self.early.append(self._view[:nbytes].tobytes())
             return
+        self.deliver(self._view[:nbytes])
+
+    def deliver(self, data: memoryview | bytes) -> None:
+        """Send bytes read from this side on through its link."""
+        link = self.link
+        assert link is not None
         if link.direct:
             dst = link.dst
-            dst.transport.write(self._view[:nbytes].tobytes())  # type: ignore[union-attr]
+            dst.transport.write(bytes(data))  # type: ignore[union-attr]
             if dst.write_paused:
                 link.pause_source()
             elif link.relay_wanted:
                 link.start_relay()
         else:
-            link.feed(self._view[:nbytes])
+            link.feed(memoryview(data) if isinstance(data, bytes) else data)
 
     def eof_received(self) -> bool:
         if self.link is not None:
@@ -621,6 +631,10 @@ class Connection:
         for direction, link in self.links.items():
             for toxic in toxics.chain(direction):
                 link.add_toxic(toxic, restart_previous=False)
+        for side in (self.client, up):
+            if side.early and side.link is not None:
+                data, side.early = b"".join(side.early), []
+                side.deliver(data)
         if self.client.transport is not None:
             self.client.transport.resume_reading()
         for link in self.links.values():
