@@ -1,8 +1,12 @@
 # celery-chaos: `make demo` runs the scenario catalog and writes an HTML report;
 # `make test` runs every test. Both set themselves up first (scripts/setup.sh).
-.PHONY: setup demo test lint unit scenarios bench clean
+.PHONY: setup demo test test-compose lint unit scenarios bench clean
 
 VENV := .venv/bin
+# Gives the command a Docker engine (a private one, no bridge, when DOCKER_HOST is unset or
+# silent) and the compose deployment's images, built from Debian packages when missing, then
+# stops that engine. Without root it says why and the compose scenarios skip (see README).
+ENGINE := $(VENV)/python -m harness.deployment.docker_engine run
 
 setup:
 	@bash scripts/setup.sh
@@ -26,7 +30,13 @@ scenarios: setup
 # scenario files come first, so the short library files fill the gaps at the end.
 test: setup
 	$(VENV)/ruff check .
-	$(VENV)/pytest scenarios tests -q -p no:cacheprovider -n 2 --dist loadfile
+	$(ENGINE) -- $(VENV)/pytest scenarios tests -q -p no:cacheprovider -n 2 --dist loadfile
+
+# The compose subset alone (scenarios/test_compose*.py, tests/test_compose_file.py); an
+# engine that cannot start is exit 2 here.
+test-compose: setup
+	$(ENGINE) --require -- $(VENV)/pytest scenarios/test_compose.py \
+	  scenarios/test_compose_demo.py tests/test_compose_file.py -q -p no:cacheprovider
 
 bench: setup
 	$(VENV)/python bench/bench_skeleton.py

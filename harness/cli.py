@@ -7,7 +7,8 @@
 - ``celery-chaos analyze RUN_DIR|HISTORY_DIR``: re-judge stored histories.
 - ``celery-chaos explore --scenario NAME [--budget 10m] [--seed N] [--out DIR]``: generated
   fault schedules, shrunk to a minimal failing one (docs/explore.md).
-- ``celery-chaos toxiproxy [--host H] [--port P]``: the Toxiproxy-compatible fault proxy.
+- ``celery-chaos toxiproxy [--host H] [--port P] [--config FILE]``: the Toxiproxy-compatible
+  fault proxy (Toxiproxy's own ``-host=``, ``-port=``, ``-config=`` spellings work too).
 - ``celery-chaos load --users N --spawn-rate R --duration T [--fault SPEC ...]``: a load
   test with an optional fault schedule, writing the same report (docs/report.md).
 - ``celery-chaos audit --chaos-app pkg.mod:app [--chaos-workload FILE]``: faults against
@@ -72,8 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     explore.add_argument("--out", default=None,
                          help="output directory (default reports/explore/<timestamp>)")
     proxy = sub.add_parser("toxiproxy", help="run the Toxiproxy-compatible fault proxy")
-    proxy.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    proxy.add_argument("--port", default="8474", help="API port, 0 for any free port (8474)")
+    proxy.add_argument("--host", "-host", default="127.0.0.1",
+                       help="listen address (default 127.0.0.1)")
+    proxy.add_argument("--port", "-port", default="8474",
+                       help="API port, 0 for any free port (8474)")
+    proxy.add_argument("--config", "-config", default=None,
+                       help="JSON file of proxies to create at start (Toxiproxy's -config)")
     from harness.runner.loadtest import add_arguments as add_load_arguments
 
     add_load_arguments(

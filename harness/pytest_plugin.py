@@ -109,6 +109,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="a progress line per running scenario every SECONDS (10; 0: none)",
     )
     group.addoption(
+        "--chaos-backend",
+        choices=["local", "compose"],
+        default=os.environ.get("CHAOS_BACKEND", "local"),
+        help="where scenarios run: local processes (default) or containers of a "
+        "docker-compose deployment (needs DOCKER_HOST; see README, Compose)",
+    )
+    group.addoption(
+        "--chaos-compose-file",
+        default=None,
+        help="the compose file of --chaos-backend compose (default ./docker-compose.yml, "
+        "else the checkout's)",
+    )
+    group.addoption(
         "--chaos-require-scenarios",
         action="store_true",
         default=False,
@@ -125,6 +138,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "negative_control: a scenario spec that declares `expect: invalid`"
     )
     config.addinivalue_line("markers", "slow: a scenario on a slow real timer")
+    config.addinivalue_line("markers", "compose: a scenario on the compose backend (containers)")
     config._chaos = ChaosSession(config)  # type: ignore[attr-defined]
 
 
@@ -167,12 +181,51 @@ def chaos_session(request: pytest.FixtureRequest) -> Iterator[ChaosSession]:
     except ChaosError as exc:
         pytest.exit(f"celery-chaos: {exc}", returncode=2)
     run_dir = sess.ensure_run_dir()
-    folder = f"brokers-{sess.worker_id}" if sess.worker_id else "brokers"
-    sess.brokers = SharedBrokers(run_dir, folder)
+    if request.config.getoption("chaos_backend") == "compose":
+        sess.brokers = _compose_session(request.config, run_dir, sess.worker_id, exit_on_error=True)
+    else:
+        folder = f"brokers-{sess.worker_id}" if sess.worker_id else "brokers"
+        sess.brokers = SharedBrokers(run_dir, folder)
     try:
         yield sess
     finally:
         sess.brokers.close()
+
+
+def _compose_session(config: pytest.Config, run_dir: Path, worker_id: str | None, *,
+                     exit_on_error: bool) -> Any:
+    """A :class:`~harness.backends.compose.ComposeSession`; where none can be had, exit 2 with
+    the reason (``--chaos-backend compose``) or skip with it (the compose scenarios)."""
+    from harness.backends.compose import ComposeSession
+    from harness.deployment.docker_engine import unavailable
+
+    folder = f"compose-{worker_id}" if worker_id else "compose"
+    file = config.getoption("chaos_compose_file")
+    try:
+        if (why := unavailable()) is not None:
+            raise InfrastructureError(why)
+        return ComposeSession(run_dir, folder, Path(file) if file else None)
+    except ChaosError as exc:
+        if exit_on_error:
+            pytest.exit(f"celery-chaos: compose backend: {exc}", returncode=2)
+        pytest.skip(f"compose backend: {exc}")
+
+
+@pytest.fixture(scope="session")
+def compose_session(request: pytest.FixtureRequest, chaos_session: ChaosSession) -> Iterator[Any]:
+    """The session's compose project, for scenarios that run on containers whatever
+    ``--chaos-backend`` says (``scenarios/test_compose.py``); skipped, with the reason, where
+    no Docker engine can be had."""
+    assert chaos_session.run_dir is not None
+    if request.config.getoption("chaos_backend") == "compose":
+        yield chaos_session.brokers
+        return
+    session = _compose_session(request.config, chaos_session.run_dir, chaos_session.worker_id,
+                               exit_on_error=False)
+    try:
+        yield session
+    finally:
+        session.close()
 
 
 @pytest.fixture
@@ -247,6 +300,20 @@ def chaos_run(
     """Run one catalog spec: ``run = chaos_run(spec)`` deploys, loads, runs the schedule and
     checks (:func:`harness.runner.run.run_spec`); the scenario is torn down after the test.
     A spec that does not apply to the app under test is skipped with the reason."""
+    yield from _spec_runner(request, chaos_session, chaos_session.brokers)
+
+
+@pytest.fixture
+def compose_run(
+    request: pytest.FixtureRequest, chaos_session: ChaosSession, compose_session: Any
+) -> Iterator[Callable[[Any], Any]]:
+    """``chaos_run`` on the compose backend, whatever ``--chaos-backend`` says."""
+    yield from _spec_runner(request, chaos_session, compose_session)
+
+
+def _spec_runner(
+    request: pytest.FixtureRequest, chaos_session: ChaosSession, brokers: Any
+) -> Iterator[Callable[[Any], Any]]:
     from harness.runner.run import NotApplicable, check_applicable, run_spec
     from harness.runner.scenario import Scenario
 
@@ -255,10 +322,10 @@ def chaos_run(
 
     def run(spec: Any) -> Any:
         scenario = Scenario(
-            spec.name,
+            spec.name if brokers is chaos_session.brokers else f"{spec.name}-{brokers.kind}",
             chaos_session.run_dir,  # type: ignore[arg-type]
             chaos_session.app,  # type: ignore[arg-type]
-            chaos_session.brokers,  # type: ignore[arg-type]
+            brokers,
             description=spec.description,
         )
         try:

@@ -14,6 +14,11 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
+# The compose backend (docs/compose.md): a private Docker engine, docker-compose, and
+# mmdebstrap to build images from Debian packages (no image registry is needed).
+[ -x /usr/sbin/dockerd ] || need+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 for pkg in ${EXTRA_APT_PACKAGES:-}; do need+=("$pkg"); done
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -30,6 +35,9 @@ if [ ${#need[@]} -gt 0 ]; then
   # Stop any system-wide broker the packages may have started: the harness runs private ones.
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     $SUDO systemctl stop rabbitmq-server redis-server >/dev/null 2>&1 || true
+    # nor a system Docker daemon (it would create the docker0 bridge): the harness starts a
+    # private one without a bridge when it needs one
+    $SUDO systemctl stop docker.socket docker >/dev/null 2>&1 || true
   fi
 fi
 

@@ -46,7 +46,8 @@ def test_a_finished_task_completes_the_drain_at_once(tmp_path: Path) -> None:
 
 
 def test_the_broker_is_asked_only_when_its_answer_can_end_the_drain(tmp_path: Path) -> None:
-    # RabbitMQ's depths cost a rabbitmqctl run: not every poll while tasks are outstanding.
+    # A broker probe is a round trip (erl_call on RabbitMQ): not every poll while tasks are
+    # outstanding.
     calls: list[int] = []
 
     def depths() -> dict[str, tuple[int, int]]:

@@ -114,6 +114,7 @@ class SharedBrokers:
 
     root: Path
     folder: str = "brokers"  # under root; one per xdist worker
+    kind = "local"
     #: Seconds spent starting the shared brokers so far: the session's cost, which the first
     #: scenario to need them should not count as its own.
     startup_s: float = 0.0
@@ -163,6 +164,10 @@ class SharedBrokers:
         node = self._rabbits.get(group) or self.rabbitmq(group)
         node.add_vhost(vhost)
         return vhost
+
+    def backend(self, sdir: Path, queues: list[str]) -> LocalBackend:
+        """A scenario's backend on these brokers."""
+        return LocalBackend(sdir, queues, self)
 
     def close(self) -> None:
         """Stop the shared brokers."""
@@ -419,6 +424,13 @@ class LocalBackend:
         except KeyError:
             raise BackendError(f"no beat {name}; beats: {', '.join(self.beats)}") from None
 
+    def new_beat(self, name: str, *, env: dict[str, str], log_dir: Path,
+                 state_dir: Path) -> Beat:
+        """Register a beat (not started)."""
+        beat = Beat(name, env=env, log_dir=log_dir, state_dir=state_dir)
+        self.beats[name] = beat
+        return beat
+
     def signal_beat(self, name: str, sig: int, *, wait_exit: float | None = None) -> None:
         """Signal a beat; optionally wait until it exits."""
         b = self.beat(name)
@@ -453,6 +465,15 @@ class LocalBackend:
         if self.net is not None:  # last: its namespaces end with their processes
             steps.append(self.net.close)
         return steps
+
+    @staticmethod
+    def unsupported(deployment: Any) -> str | None:
+        """Why this backend cannot run a deployment spec (None: it can)."""
+        return None
+
+    def facts(self) -> dict[str, Any]:
+        """What the report says of the backend (the compose backend adds its images)."""
+        return {"backend": self.kind}
 
     def versions(self) -> dict[str, str]:
         """What ran: the backend and the broker's version."""

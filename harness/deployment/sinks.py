@@ -74,10 +74,14 @@ class SmtpSink:
     (the ``X-Celery-Task-Id`` header or null) and ``wall_ns``.
     """
 
-    def __init__(self, record_path: str | os.PathLike[str], *, start_attempts: int = 5) -> None:
+    def __init__(self, record_path: str | os.PathLike[str], *, start_attempts: int = 5,
+                 host: str = LOOPBACK, port: int = 0) -> None:
+        """``host``/``port``: where to listen (a container's all-interfaces address and a
+        fixed port in the compose deployment); a free loopback port by default."""
         self.record_path = Path(record_path)
-        self.host = LOOPBACK
+        self.host = host
         self.port = 0
+        self._port = port
         self._start_attempts = start_attempts
         self._controller: Controller | None = None
 
@@ -88,10 +92,10 @@ class SmtpSink:
         self.record_path.parent.mkdir(parents=True, exist_ok=True)
         self.record_path.touch()
         last: OSError | None = None
-        for _ in range(self._start_attempts):
-            port = free_port()
+        for _ in range(1 if self._port else self._start_attempts):
+            port = self._port or free_port()
             controller = Controller(
-                _RecordingHandler(self.record_path), hostname=LOOPBACK, port=port
+                _RecordingHandler(self.record_path), hostname=self.host, port=port
             )
             try:
                 controller.start()
@@ -99,7 +103,7 @@ class SmtpSink:
                 controller.loop.close()
                 if exc.errno != errno.EADDRINUSE:
                     raise InfrastructureError(
-                        f"the SMTP sink cannot listen on {LOOPBACK}:{port}: {exc}"
+                        f"the SMTP sink cannot listen on {self.host}:{port}: {exc}"
                     ) from exc
                 last = exc
                 continue
@@ -206,7 +210,8 @@ class FlakyHttpServer:
     ``default_failures``), ``/status/<code>`` (answers ``code``, 200-599). Anything else: 404.
     """
 
-    def __init__(self, *, default_failures: int = 2, fail_status: int = 503) -> None:
+    def __init__(self, *, default_failures: int = 2, fail_status: int = 503,
+                 host: str = LOOPBACK, port: int = 0) -> None:
         if default_failures < 0:
             raise ValueError("default_failures must be >= 0")
         self.default_failures = default_failures
@@ -219,8 +224,9 @@ class FlakyHttpServer:
         self._slow_seconds = 1.0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self.host = LOOPBACK
+        self.host = host
         self.port = 0
+        self._port = port
 
     @property
     def base_url(self) -> str:
@@ -230,7 +236,7 @@ class FlakyHttpServer:
         """Bind a free port (the OS picks it) and serve in a daemon thread."""
         if self._server is not None:
             raise RuntimeError("FlakyHttpServer already started")
-        server = _Server((LOOPBACK, 0), _Handler)
+        server = _Server((self.host, self._port), _Handler)
         server.owner = self
         self.port = int(server.server_address[1])
         self._server = server

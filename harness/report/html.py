@@ -392,6 +392,22 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def backend_words(deployment: dict[str, Any]) -> str:
+    """Where a scenario ran, in words: ``local processes``, or the compose backend with the
+    image of each service and the compose file."""
+    kind = str(deployment.get("backend") or "local")
+    if kind != "compose":
+        return "local processes" if kind == "local" else kind
+    images = deployment.get("images") or {}
+    listed = ", ".join(f"{svc} {img}" for svc, img in images.items())
+    where = f" from {deployment['compose_file']}" if deployment.get("compose_file") else ""
+    words = f"containers (compose{where}: {listed})" if listed else f"containers (compose{where})"
+    if "toxiproxy-standin" in str(images.get("toxiproxy", "")):
+        words += ("; Toxiproxy is the harness's Toxiproxy-compatible server standing in for "
+                  "the Toxiproxy image (no registry here)")
+    return words
+
+
 def render_run(run_dir: Path, run: RunVerdict, plotly_src: str) -> str:
     """The HTML of a run page."""
     views = [build_scenario(s, run_dir, i) for i, s in enumerate(run.scenarios, 1)]
@@ -402,6 +418,7 @@ def render_run(run_dir: Path, run: RunVerdict, plotly_src: str) -> str:
         f"{s.deployment.get('broker') or s.broker} {s.deployment.get('broker_version', '')}".strip()
         for s in run.scenarios if (s.deployment.get("broker") or s.broker)
     })
+    backends = sorted({backend_words(s.deployment) for s in run.scenarios})
     fault_data = {
         v.anchor: [
             {
@@ -436,6 +453,8 @@ def render_run(run_dir: Path, run: RunVerdict, plotly_src: str) -> str:
         duration=_duration(run),
         seeds=seeds,
         brokers=brokers,
+        backends=backends,
+        backend_words=backend_words,
         plotly_src=plotly_src,
         fault_data=fault_data,
         settings_columns=matrix_mod.SETTING_LABELS,

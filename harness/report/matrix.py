@@ -43,6 +43,7 @@ FAULT_LABELS = {
     "terminate_worker": "worker terminated (SIGTERM, SIGKILL after a grace)",
     "crash_broker": "broker crash",
     "stop_broker": "broker restart",
+    "pause_broker": "broker frozen (SIGSTOP)",
     "partition_blackhole": "network partition (blackhole)",
     "partition_refuse": "network partition (refused)",
     "partition_reset": "connections reset",

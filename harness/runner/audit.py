@@ -37,7 +37,8 @@ from harness.report.audit import (
 )
 from harness.results import ScenarioResult, safe_name
 
-#: The catalog's pick (worker_kill.yaml): a task of w1 0.3-0.6 s into its run. Not required:
+#: The pick of worker_kill.yaml's Redis specs, for any broker: a task of w1 0.3-0.6 s into its run
+#: (the RabbitMQ specs pick 0.1-0.2 s into their 0.4 s sample tasks). Not required:
 #: a workload with no task that long never fires it, and the fault is then not applicable.
 PICK_TIMEOUT_S = 20.0
 PICK: dict[str, Any] = {

@@ -67,6 +67,7 @@ FAULT_OPS = {
     "stop_consuming": "workers",
     "crash_broker": "none",
     "stop_broker": "none",
+    "pause_broker": "none",
 }
 _ACCEPTED = ", ".join([*FAULT_KINDS, *FAULT_OPS])
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
@@ -127,7 +128,7 @@ def parse_fault(text: str) -> Step:
     elif kind == "workers" and node:
         data["nodes"] = [node]
     held = registry()[op].held
-    if op == "pause_worker" and not dur:
+    if op in ("pause_worker", "pause_broker") and not dur:
         raise UsageError(f"--fault {text!r}: {name} needs +DURATION, e.g. @5s+3s")
     if dur is not None and not held:
         raise UsageError(f"--fault {text!r}: {name} is instantaneous: drop +{m.group('dur')}")

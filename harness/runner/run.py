@@ -67,6 +67,8 @@ def check_applicable(spec: ScenarioSpec, scenario: Scenario) -> None:
             f"{spec.name} drives the sample app's own tasks or beat entries; "
             f"the app under test is {scenario.app.spec}"
         )
+    if (why := scenario.backend.unsupported(spec.deployment)) is not None:
+        raise NotApplicable(f"{spec.name} on the {scenario.backend.kind} backend: {why}")
     if spec.deployment.network == "netns" and (missing := netns_unavailable()):
         raise NotApplicable(f"{spec.name}: {missing}")
 

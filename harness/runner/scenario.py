@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from celery import Celery
 
-from harness.backends.local import LocalBackend, SharedBrokers
+from harness.backends.local import SharedBrokers
 from harness.checks.beat import (
     BEAT_READY,
     BEAT_STARTED,
@@ -125,7 +125,7 @@ class Scenario:
         self.log_dir.mkdir()
         self.writer = HistoryWriter(self.history_dir, "harness", "harness")
         self.tail = HistoryTail(self.history_dir)
-        self.backend = LocalBackend(self.dir, app.queues, brokers)
+        self.backend = brokers.backend(self.dir, app.queues)
         self.faults = FaultsApi(self)
         self.net: NetApi | None = None
         self.result = ScenarioResult(
@@ -446,10 +446,8 @@ class Scenario:
             conf.setdefault("redbeat_key_prefix", f"redbeat:{self.dir.name}:")
         state_dir = self.dir / "beat"
         state_dir.mkdir(exist_ok=True)
-        beat = Beat(name, env={**self.env_for(name), CONF_ENV: json.dumps(conf)},
-                    log_dir=self.log_dir, state_dir=state_dir)
-        self.backend.beats[name] = beat
-        return beat
+        return self.backend.new_beat(name, env={**self.env_for(name), CONF_ENV: json.dumps(conf)},
+                                     log_dir=self.log_dir, state_dir=state_dir)
 
     def kill_beat(self, name: str, sig: int = signal.SIGKILL) -> int:
         """Signal a beat (SIGKILL by default: no schedule sync) and wait for it to exit."""
@@ -720,7 +718,8 @@ class Scenario:
     def save(self) -> None:
         """Write ``result.json`` for this scenario."""
         annotate(self)  # the deployment as run and the faults injected, for reports
-        self.result.deployment.setdefault("backend", self.backend.kind)
+        for key, value in self.backend.facts().items():
+            self.result.deployment.setdefault(key, value)
         write_json(self.dir / "result.json", self.result.model_dump(mode="json"))
 
     def close(self, error: str | None = None) -> None:

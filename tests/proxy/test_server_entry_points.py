@@ -102,3 +102,38 @@ def test_proxy_server_port_in_use_and_bad_host() -> None:
             ProxyServer(port=port).start()
     with pytest.raises(UsageError):
         ProxyServer(host="no such host!").start()
+
+
+def test_toxiproxy_flags_and_config_file(tmp_path: Path) -> None:
+    """The real binary's spellings (``-host=``, ``-port=``, ``-config=``), so the server
+    stands in for the Toxiproxy image with the same compose command; the file's proxies exist
+    once the API line is printed."""
+    with socket.create_server(("127.0.0.1", 0)) as upstream:
+        up = upstream.getsockname()[1]
+        config = tmp_path / "toxiproxy.json"
+        config.write_text(
+            f'[{{"name": "redis", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:{up}"}},'
+            f' {{"name": "off", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:{up}",'
+            ' "enabled": false}]'
+        )
+        proc = spawn("-host=127.0.0.1", "-port=0", f"-config={config}")
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().split(" on ")[-1].strip()
+            proxies = requests.get(f"{url}/proxies", timeout=5).json()
+            assert set(proxies) == {"redis", "off"}
+            assert proxies["redis"]["enabled"] and not proxies["off"]["enabled"]
+            assert proxies["redis"]["upstream"] == f"127.0.0.1:{up}"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("content,needle", [(None, "No such file"), ("{}", "not a list")])
+def test_a_bad_config_file_is_one_line(tmp_path: Path, content: str | None, needle: str) -> None:
+    config = tmp_path / "toxiproxy.json"
+    if content is not None:
+        config.write_text(content)
+    proc = spawn("-port=0", f"-config={config}")
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and needle in err, err

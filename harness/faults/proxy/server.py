@@ -424,8 +424,10 @@ async def _stop_api(runner: web.AppRunner, collection: ProxyCollection) -> None:
         await asyncio.wait(pending, timeout=2.0)
 
 
-def run(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
-    """Serve the API in the foreground until SIGINT/SIGTERM.
+def run(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+        config: list[dict[str, Any]] | None = None) -> None:
+    """Serve the API in the foreground until SIGINT/SIGTERM; ``config``: proxies to create
+    first (Toxiproxy's ``-config`` file: ``[{name, listen, upstream, enabled}]``).
 
     Raises :class:`UsageError` for a bad host or port and :class:`InfrastructureError` when the
     port cannot be bound; both carry a one-line message.
@@ -435,6 +437,11 @@ def run(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     async def main() -> None:
         collection = ProxyCollection()
         runner = await _start_api(sock, collection)
+        for entry in config or []:
+            await collection.add_or_replace(
+                Proxy(entry["name"], entry.get("listen", ""), entry["upstream"]),
+                entry.get("enabled", True) is not False,
+            )
         print(f"toxiproxy-compatible API on {_url(host, sock)}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
