@@ -260,9 +260,7 @@ def _finish(
     """Tear a scenario down and keep its result (with the infrastructure error, if any)."""
     rep = getattr(request.node, "_chaos_call_report", None)
     if error is None and rep is not None and rep.failed and rep.longrepr is not None:
-        excinfo = getattr(rep, "_chaos_exc", None)
-        if isinstance(excinfo, InfrastructureError):
-            error = str(excinfo)
+        error = getattr(rep, "_chaos_infra_error", None)
     scenario.close(error=error)
     if error:
         sess.infra_error = True
@@ -308,11 +306,11 @@ def compose_run(
     request: pytest.FixtureRequest, chaos_session: ChaosSession, compose_session: Any
 ) -> Iterator[Callable[[Any], Any]]:
     """``chaos_run`` on the compose backend, whatever ``--chaos-backend`` says."""
-    yield from _spec_runner(request, chaos_session, compose_session)
+    yield from _spec_runner(request, chaos_session, compose_session, suffix="-compose")
 
 
 def _spec_runner(
-    request: pytest.FixtureRequest, chaos_session: ChaosSession, brokers: Any
+    request: pytest.FixtureRequest, chaos_session: ChaosSession, brokers: Any, suffix: str = ""
 ) -> Iterator[Callable[[Any], Any]]:
     from harness.runner.run import NotApplicable, check_applicable, run_spec
     from harness.runner.scenario import Scenario
@@ -322,7 +320,7 @@ def _spec_runner(
 
     def run(spec: Any) -> Any:
         scenario = Scenario(
-            spec.name if brokers is chaos_session.brokers else f"{spec.name}-{brokers.kind}",
+            spec.name + suffix,
             chaos_session.run_dir,  # type: ignore[arg-type]
             chaos_session.app,  # type: ignore[arg-type]
             brokers,
@@ -358,7 +356,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if call.when == "call":
         item._chaos_call_report = rep  # type: ignore[attr-defined]
         if call.excinfo is not None and isinstance(call.excinfo.value, InfrastructureError):
-            rep._chaos_exc = call.excinfo.value  # type: ignore[attr-defined]
+            # a string: pytest-xdist sends reports to its controller, and cannot serialize an
+            # exception (an infrastructure error in a scenario was an INTERNALERROR under -n 2)
+            rep._chaos_infra_error = str(call.excinfo.value)  # type: ignore[attr-defined]
             rep.longrepr = f"celery-chaos infrastructure error: {call.excinfo.value}"
     elif call.excinfo is not None and isinstance(call.excinfo.value, ChaosError):
         _session(item.config).infra_error = True

@@ -64,3 +64,37 @@ def test_unit_tests_alone_leave_no_run_directory(tmp_path: Path) -> None:
     proc = _pytest(tmp_path, str(tmp_path / "test_units.py"), "--chaos-reports", str(reports))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not reports.exists() or not [p for p in reports.iterdir() if p.is_dir()]
+
+
+INFRA = """
+from harness.errors import InfrastructureError
+
+
+def test_infra(chaos):
+    chaos.deploy("redis", workers=1, concurrency=1)
+    raise InfrastructureError("a broker that would not start")
+
+
+def test_other(chaos):
+    chaos.deploy("redis", workers=1, concurrency=1)
+    chaos.load(tasks=3, rate=50)
+    assert chaos.check(drain_timeout=30).verdict == "valid"
+"""
+
+
+def test_an_infrastructure_error_on_a_worker_is_exit_2_not_an_internal_error(
+    tmp_path: Path,
+) -> None:
+    """The report a worker sends its controller carries the error as text (an exception
+    object cannot cross to the controller: it was an INTERNALERROR)."""
+    (tmp_path / "test_infra.py").write_text(INFRA)
+    reports = tmp_path / "reports"
+    proc = _pytest(tmp_path, str(tmp_path / "test_infra.py"), "--chaos-reports", str(reports),
+                   "--chaos-progress", "0")
+    out = proc.stdout + proc.stderr
+    assert "INTERNALERROR" not in out, out[-3000:]
+    assert proc.returncode == 2, out[-3000:]
+    (run_dir,) = [p for p in reports.iterdir() if p.is_dir() and p.name != "_assets"]
+    verdict = json.loads((run_dir / "verdict.json").read_text())
+    errors = {s["name"]: s["error"] for s in verdict["scenarios"]}
+    assert errors["test_infra"] == "a broker that would not start" and not errors["test_other"]
