@@ -466,7 +466,7 @@ class RabbitMQServer:
 # Redis
 
 Persistence = Literal["none", "aof-always", "default"]
-_PERSISTENCE_ARGS: dict[str, list[str]] = {
+PERSISTENCE_ARGS: dict[str, list[str]] = {
     "none": ["--save", "", "--appendonly", "no"],
     "aof-always": ["--save", "", "--appendonly", "yes", "--appendfsync", "always"],
     "default": [],  # Redis 7 built-in defaults: save 3600 1 300 100 60 10000, appendonly no
@@ -505,8 +505,8 @@ class RedisServer:
         self.prefix = list(prefix)
         self.bind = list(bind)
         self.access = access
-        if persistence not in _PERSISTENCE_ARGS:
-            raise ValueError(f"persistence must be one of {sorted(_PERSISTENCE_ARGS)}")
+        if persistence not in PERSISTENCE_ARGS:
+            raise ValueError(f"persistence must be one of {sorted(PERSISTENCE_ARGS)}")
         self.persistence = persistence
         self.base_dir = Path(run_dir) / name
         self.extra_args = list(extra_args)
@@ -555,7 +555,7 @@ class RedisServer:
                 "--dir", str(self.data_dir), "--daemonize", "no", "--logfile", "",
                 # keep /proc/PID/environ (and so the harness's process marker) readable
                 "--set-proc-title", "no",
-                *_PERSISTENCE_ARGS[self.persistence], *self.extra_args,
+                *PERSISTENCE_ARGS[self.persistence], *self.extra_args,
             ]
             self._proc = ManagedProcess("redis-server", cmd, self.base_dir)
         self._proc.start().wait_ready(self._ping, timeout=self.start_timeout)
