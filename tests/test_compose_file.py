@@ -189,3 +189,15 @@ def test_the_report_says_where_a_scenario_ran() -> None:
                                       "toxiproxy": "celery-chaos/toxiproxy-standin:dev"}})
     assert "rabbitmq rabbitmq:3.13-management" in words and "/x/docker-compose.yml" in words
     assert "standing in for the Toxiproxy image" in words
+
+
+def test_load_on_compose_without_an_engine_exits_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "load", "--chaos-backend", "compose",
+         "--duration", "5s", "--reports", str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "celery-chaos: compose backend: no Docker engine")

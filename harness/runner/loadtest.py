@@ -68,6 +68,7 @@ FAULT_OPS = {
     "crash_broker": "none",
     "stop_broker": "none",
     "pause_broker": "none",
+    "resource_alarm": "none",
 }
 _ACCEPTED = ", ".join([*FAULT_KINDS, *FAULT_OPS])
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
@@ -128,7 +129,7 @@ def parse_fault(text: str) -> Step:
     elif kind == "workers" and node:
         data["nodes"] = [node]
     held = registry()[op].held
-    if op in ("pause_worker", "pause_broker") and not dur:
+    if op in ("pause_worker", "pause_broker", "resource_alarm") and not dur:
         raise UsageError(f"--fault {text!r}: {name} needs +DURATION, e.g. @5s+3s")
     if dur is not None and not held:
         raise UsageError(f"--fault {text!r}: {name} is instantaneous: drop +{m.group('dur')}")
@@ -170,6 +171,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=_fault_help())
     p.add_argument("--broker", choices=("rabbitmq", "redis"), default="rabbitmq",
                    help="broker of the local deployment (default rabbitmq)")
+    p.add_argument("--chaos-backend", choices=("local", "compose"), default="local",
+                   help="where the deployment runs: local processes (default) or containers "
+                        "of a docker-compose deployment (needs DOCKER_HOST; docs/compose.md)")
+    p.add_argument("--chaos-compose-file", default=None,
+                   help="the compose file of --chaos-backend compose")
     p.add_argument("--workers", type=int, default=2, help="workers w1..wN (default 2)")
     p.add_argument("--concurrency", type=int, default=2, help="pool size per worker (default 2)")
     p.add_argument("--pool", default="prefork", help="worker pool (default prefork)")
@@ -426,7 +432,15 @@ def _run_local(args: argparse.Namespace, opts: LoadOptions, spec: ScenarioSpec, 
     from harness.runner.scenario import Scenario
 
     app = AppUnderTest.resolve(args.app, workload)
-    brokers = SharedBrokers(run_dir)
+    brokers: Any = SharedBrokers(run_dir)
+    if getattr(args, "chaos_backend", "local") == "compose":
+        from harness.backends.compose import ComposeSession
+        from harness.deployment.docker_engine import unavailable
+
+        if (why := unavailable()) is not None:
+            raise InfrastructureError(f"compose backend: {why}")
+        file = getattr(args, "chaos_compose_file", None)
+        brokers = ComposeSession(run_dir, "compose", Path(file) if file else None)
     scenario = Scenario(spec.name, run_dir, app, brokers, description=spec.description)
     error: str | None = None
     try:
