@@ -61,3 +61,35 @@ def test_a_signalled_compose_runner_leaves_no_container(tmp_path: Path, sig: int
         if proc.poll() is None:
             proc.kill()
     assert _ours(tmp_path) == []
+
+
+FAILING = """
+def test_fail(chaos):
+    chaos.deploy("redis", workers=1, concurrency=1)
+    assert False, "a scenario that fails after deploying"
+"""
+
+
+def test_a_failing_compose_scenario_leaves_no_container(tmp_path: Path) -> None:
+    (tmp_path / "test_failing.py").write_text(FAILING)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(tmp_path / "test_failing.py"), "-q",
+         "-p", "no:cacheprovider", "--chaos-backend", "compose", "--chaos-reports",
+         str(tmp_path / "reports"), "--chaos-progress", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert _ours(tmp_path) == []
+
+
+def test_an_image_not_on_the_engine_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "scenarios" / "test_worker_kill.py"), "-q",
+         "-p", "no:cacheprovider", "--chaos-backend", "compose", "--chaos-reports",
+         str(tmp_path), "-k", SPEC],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CHAOS_APP_IMAGE": "celery-chaos/no-such-image:0"},
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert ("compose backend: image celery-chaos/no-such-image:0 (service worker) is not on "
+            "the Docker engine") in proc.stdout + proc.stderr

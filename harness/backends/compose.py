@@ -444,6 +444,7 @@ class ComposeSession:
             raise InfrastructureError(
                 f"{self.compose_file} has no service {', '.join(missing)}: the compose backend "
                 f"runs its {', '.join(BROKER_SERVICES)} services")
+        self._check_images()
         self.startup_s = 0.0
         self._rabbit: ContainerRabbitMQ | None = None
         self._redis: ContainerRedis | None = None
@@ -453,6 +454,20 @@ class ComposeSession:
         self._closed = False
         # however the session ends (an interrupted run included), its containers go
         atexit.register(self.close)
+
+    def _check_images(self) -> None:
+        """Every image the backend runs is on the engine (no pull: a registry may be out of
+        reach, and a pull that hangs is worse than a line saying what is missing)."""
+        import docker.errors
+
+        for service, image in self.images().items():
+            try:
+                self.project.docker.images.get(image)
+            except docker.errors.ImageNotFound:
+                raise InfrastructureError(
+                    f"image {image} (service {service}) is not on the Docker engine: build or "
+                    "pull it (`python -m harness.deployment.docker_engine run` builds the "
+                    "defaults)") from None
 
     def _timed(self, start: Any) -> Any:
         t0 = time.monotonic()
