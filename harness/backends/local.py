@@ -87,6 +87,21 @@ def _stopped(pid: int) -> bool:
         return False
 
 
+#: RabbitMQ resource alarms: resource -> (get its limit, set it to ``{}``), in Erlang.
+_ALARM_ERL = {
+    "memory": ("vm_memory_monitor:get_vm_memory_high_watermark()",
+               "vm_memory_monitor:set_vm_memory_high_watermark({})"),
+    "disk": ("rabbit_disk_monitor:get_disk_free_limit()",
+             "rabbit_disk_monitor:set_disk_free_limit({})"),
+}
+
+
+def _alarm_on(resource: str) -> str:
+    """An Erlang expression: whether the node lists its ``resource`` alarm (the monitors
+    raise and clear it within the ``set`` call)."""
+    return f"lists:keymember({{resource_limit, {resource}, node()}}, 1, rabbit_alarm:get_alarms())"
+
+
 def _started(make: Callable[[int], Any], attempts: int = 2) -> Any:
     """Start a broker made by ``make(attempt)``; a start that fails (a free port taken by
     another process between its choice and the bind: seen when two runs start at the same
@@ -205,6 +220,7 @@ class LocalBackend:
         self.results: RedisServer | None = None  # own result backend (packet-level networks)
         self._ns_urls: dict[str, str] = {}  # harness URL -> URL inside the namespaces
         self._paused_broker: int | None = None  # pid SIGSTOPped by pause_broker
+        self._alarm_limits: dict[str, str] = {}  # resource -> limit replaced by raise_alarm
 
     # -- brokers and services --------------------------------------------------------------
 
@@ -348,6 +364,29 @@ class LocalBackend:
                 os.kill(pid, signal.SIGCONT)
             wait_for(lambda: not _stopped(pid), 5.0, interval=0.01)
 
+    def raise_alarm(self, resource: str) -> None:
+        """Raise RabbitMQ's ``memory`` or ``disk`` resource alarm through ``erl_call``: the
+        memory high watermark set to 0, or the disk free limit to 2^60 bytes (RabbitMQ then
+        blocks every connection that publishes: node-wide, every vhost of the scenario's
+        ``broker_group``). Returns once the node lists the alarm; :meth:`clear_alarm` puts
+        the previous limit back."""
+        if self.broker_kind != "rabbitmq" or self.broker is None:
+            raise BackendError("resource_alarm needs broker: rabbitmq")
+        get, put = _ALARM_ERL[resource]
+        self._alarm_limits[resource] = self.broker.erl_eval(
+            f"L = {get}, ok = {put.format('0.0' if resource == 'memory' else '1 bsl 60')},"
+            f" true = {_alarm_on(resource)}, io:format(\"~w~n\", [L])."
+        ).strip()
+
+    def clear_alarm(self, resource: str) -> None:
+        """Put back the limit :meth:`raise_alarm` replaced (no-op when it raised none);
+        returns once the node no longer lists the alarm."""
+        limit = self._alarm_limits.pop(resource, None)
+        if limit is not None:
+            _, put = _ALARM_ERL[resource]
+            self.broker.erl_eval(f"ok = {put.format(limit)}, false = {_alarm_on(resource)},"
+                                 " io:nl().")
+
     def queue_depths(self, queues: list[str]) -> dict[str, tuple[int, int]]:
         """``{queue: (ready, unacked)}`` on the scenario's broker."""
         if self.broker_kind == "rabbitmq":
@@ -454,6 +493,8 @@ class LocalBackend:
             steps.append(partial(in_parallel, stops))
         if self._paused_broker is not None:  # a pause never healed: a stopped broker
             steps.insert(0, self.resume_broker)  # ignores SIGTERM, and its clients hang
+        for resource in list(self._alarm_limits):  # an alarm never cleared blocks the
+            steps.insert(0, partial(self.clear_alarm, resource))  # group's other scenarios
         if self.own_broker and self.broker is not None:
             steps.append(self.broker.stop)
         if self.results is not None:

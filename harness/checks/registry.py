@@ -1,8 +1,8 @@
 """Rebuild a scenario's invariants from the specs stored in its ``result.json``.
 
 Each checker factory (``no_hung_tasks``, ``resume_consuming``, ``publish_bounded``,
-``retry_policy``, ``beat``) tags what it returns with its name and JSON parameters
-(:func:`harness.checks.verdict.with_spec`); ``Scenario.check`` stores them as
+``retry_policy``, ``beat``, ``results_stored``) tags what it returns with its name and JSON
+parameters (:func:`harness.checks.verdict.with_spec`); ``Scenario.check`` stores them as
 ``result.checkers`` and ``celery-chaos analyze`` rebuilds them here to re-judge a history.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 from harness.checks.beat import beat_checker
 from harness.checks.hung import no_hung_tasks
 from harness.checks.liveness import publish_bounded, resume_consuming
+from harness.checks.results import results_stored
 from harness.checks.retries import (
     DEFAULT_TOLERANCE_S,
     NAME,
@@ -38,6 +39,7 @@ _FACTORIES: dict[str, Any] = {
     "publish_bounded": lambda p: publish_bounded(**p),
     "beat": lambda p: beat_checker(**p),
     "retry_policy": _retry_policy,
+    "results_stored": lambda p: results_stored(**p),
 }
 
 

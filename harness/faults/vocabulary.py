@@ -376,6 +376,35 @@ class PauseBroker(Op):
         dep.resume_broker()
 
 
+@register
+class ResourceAlarm(Op):
+    """RabbitMQ's memory (or disk) resource alarm for the window: the node's memory high
+    watermark set to 0 (disk: a free-space limit no disk meets), then put back. RabbitMQ
+    sends ``connection.blocked`` and stops reading every connection that publishes, on the
+    whole node (every vhost of the scenario's ``broker_group``)."""
+
+    op: Literal["resource_alarm"] = "resource_alarm"
+    label: ClassVar[str] = "raise RabbitMQ's memory or disk alarm for the window (publishers block)"
+    held: ClassVar[bool] = True
+    resource: Literal["memory", "disk"] = "memory"
+
+    @property
+    def record_name(self) -> str:
+        return f"{self.resource}_alarm"
+
+    def target(self) -> str:
+        return "broker"
+
+    def prepare(self, dep: Deployment, window: Window) -> None:
+        window.target = str(dep.broker_kind)
+
+    def apply(self, dep: Deployment, window: Window) -> None:
+        dep.raise_alarm(self.resource)
+
+    def heal(self, dep: Deployment, window: Window) -> None:
+        dep.clear_alarm(self.resource)
+
+
 # -- links (through the Toxiproxy API) -------------------------------------------------------
 
 STREAMS = ("upstream", "downstream")
@@ -659,7 +688,7 @@ class Load(_Action):
 
 #: Options of ``Celery.send_task`` a ``publish`` step may set (the task id is the harness's).
 PUBLISH_OPTIONS = frozenset({"countdown", "expires", "priority", "queue", "routing_key",
-                             "time_limit", "soft_time_limit", "headers"})
+                             "time_limit", "soft_time_limit", "headers", "confirm_timeout"})
 
 
 @register

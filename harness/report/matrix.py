@@ -44,6 +44,8 @@ FAULT_LABELS = {
     "crash_broker": "broker crash",
     "stop_broker": "broker restart",
     "pause_broker": "broker frozen (SIGSTOP)",
+    "memory_alarm": "RabbitMQ memory alarm",
+    "disk_alarm": "RabbitMQ disk alarm",
     "partition_blackhole": "network partition (blackhole)",
     "partition_refuse": "network partition (refused)",
     "partition_reset": "connections reset",

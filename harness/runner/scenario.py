@@ -41,6 +41,7 @@ from harness.checks.beat import (
     beat_metrics,
 )
 from harness.checks.queue import recovery_time
+from harness.checks.results import RESULT_STATES, needs_result_states, task_ids
 from harness.checks.verdict import Checker, Verdict, check_history, spec_of
 from harness.deployment.app_loader import CONF_ENV, apply_harness_config, load_app, merge_settings
 from harness.deployment.beat import read_dump, spawn_dump
@@ -368,6 +369,12 @@ class Scenario:
     def resume_broker(self) -> None:
         self.backend.resume_broker()
 
+    def raise_alarm(self, resource: str) -> None:
+        self.backend.raise_alarm(resource)
+
+    def clear_alarm(self, resource: str) -> None:
+        self.backend.clear_alarm(resource)
+
     def select_links(self, targets: str | list[str]) -> list[str]:
         if self.backend.links is None:
             raise InfrastructureError(
@@ -676,9 +683,11 @@ class Scenario:
             writer=self.writer,
             tail=self.tail,
         )
+        invariants = list(invariants)
+        if any(needs_result_states(c) for c in invariants):
+            self.record_result_states()
         self.phase = "checking the history"
         history = self.tail.history(include_partial=True)
-        invariants = list(invariants)
         results = check_history(history, exactly_once=exactly_once, extra=invariants)
         verdict = Verdict.combine(i.verdict for i in results)
         metrics: dict[str, Any] = {
@@ -706,6 +715,31 @@ class Scenario:
         self.result.metrics = metrics
         self.save()
         return self.result
+
+    def record_result_states(self) -> None:
+        """Read the state the result backend stores for every task of the history and write
+        it as a ``result_states`` record (``detail.states``: id -> state or None; on a read
+        failure, ``detail.error``): what ``results_stored`` compares with the history."""
+        ids = task_ids(self.tail.history(include_partial=True))
+        app = Celery("chaos-results", set_as_current=False)
+        apply_harness_config(app, broker_url=self.broker_url, result_backend=self.backend_url,
+                             settings=self.settings)
+        detail: dict[str, Any]
+        try:
+            backend = app.backend
+            states: dict[str, str | None] = {}
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                values = backend.mget([backend.get_key_for_task(t) for t in chunk])
+                states.update({t: backend.decode_result(v)["status"] if v else None
+                               for t, v in zip(chunk, values, strict=True)})
+            detail = {"states": states}
+        except Exception as exc:  # noqa: BLE001 - an unreadable backend is data: unknown
+            detail = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        finally:
+            app.close()
+        self.writer.write(Kind.DEPLOYMENT, name=RESULT_STATES, target=self.backend_url,
+                          detail=detail)
 
     def _shared_start_s(self) -> float:
         """Seconds this scenario waited for the session's shared brokers to start."""
