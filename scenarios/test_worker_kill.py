@@ -56,10 +56,18 @@ def test_worker_kill(chaos_run, spec: ScenarioSpec) -> None:  # type: ignore[no-
         assert set(hit) <= set(queue.reexecuted), (hit, queue.reexecuted)
     else:
         assert queue.counts.lost >= 1
-        assert set(hit) <= set(queue.lost), (hit, queue.lost)
+        # A task that published its retry while the signal was on its way is not lost: its
+        # retry is a new message (seen in CI: a fetch task 0.1 s old retried as the kill left;
+        # the 0.2 s before the fault's start covers the pick).
+        since = run.window("kill").start_ns
+        retried = {r.task_id for r in run.history() if r.kind is Kind.RETRIED
+                   and r.host == "w1@chaos" and r.mono_ns >= since - 200_000_000}
+        struck = [t for t in hit if t not in retried]
+        assert struck, f"every task the kill hit had already published its retry: {hit}"
+        assert set(struck) <= set(queue.lost), (hit, queue.lost)
         if spec.schedule.steps[0].do.op == "kill_pool_child":
             # the parent saw the child die: WorkerLostError, then nothing
-            assert set(hit) <= set(queue.lost_worker_lost)
+            assert set(struck) <= set(queue.lost_worker_lost)
     if spec.name == "redis_acks_late_recovers_after_visibility_timeout":
         # Nothing comes back before the visibility timeout: this pins the documented delay.
         # Nothing comes back before the visibility timeout: each redelivered task is received
