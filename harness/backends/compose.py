@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -666,11 +665,6 @@ class ContainerWorker(Worker):
     def command(self) -> list[str]:
         return [APP_PYTHON, *super().command[1:]]
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None and self.proc.pid is not None, f"{self.name} not started"
-        return self.proc.pid
-
     def start(self, timeout: float = 60.0) -> None:
         self.starts += 1
         short = self.name.split("@")[0]
@@ -697,10 +691,6 @@ class ContainerWorker(Worker):
         except (psutil.NoSuchProcess, AssertionError):
             return []
 
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is not None:
-            self.proc.stop(timeout=timeout)
-
 
 class ContainerBeat(Beat):
     """A ``celery beat`` in a container of its own."""
@@ -718,11 +708,6 @@ class ContainerBeat(Beat):
         self.starts += 1
         log = self.log_dir / f"beat-{self.name}-{self.starts}.log"
         self.proc = self.backend.container_process(self, log)  # type: ignore[assignment]
-
-    def kill(self, timeout: float = 10.0) -> None:
-        self.signal(signal.SIGKILL)
-        assert self.proc is not None
-        self.proc.wait_exit(timeout)
 
 
 class ComposeBackend(LocalBackend):
