@@ -6,7 +6,7 @@ VENV := .venv/bin
 # Gives the command a Docker engine (a private one, no bridge, when DOCKER_HOST is unset or
 # silent) and the compose deployment's images, built from Debian packages when missing, then
 # stops that engine. Without root it says why and the compose scenarios skip (see README).
-ENGINE := $(VENV)/python -m harness.deployment.docker_engine run
+ENGINE := $(VENV)/python -m celery_chaos.deployment.docker_engine run
 
 setup:
 	@bash scripts/setup.sh

@@ -6,7 +6,7 @@ names one already written, then runs ``celery-chaos analyze RUN_DIR`` ``--rounds
 a child process and reads each child's wall time and peak RSS (``wait4``).
 
 Targets: 200,000 tasks (1,000,000 records) in at most 10 s (the median of the rounds) and
-1 GiB. The history is streamed (``harness.history.store.open_history``) and the checker
+1 GiB. The history is streamed (``celery_chaos.history.store.open_history``) and the checker
 keeps one int of state a task id, so memory grows with the task ids (about 180 bytes each),
 not with the records: ``--tasks 1000000`` (5,000,000 records) must stay under the same
 1 GiB, and its time is judged as linear (10 s a million records). The verdict must be the
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.report.synthetic import SyntheticSpec, make_run  # noqa: E402
+from celery_chaos.report.synthetic import SyntheticSpec, make_run  # noqa: E402
 
 TIME_LIMIT_S = 10.0  # a million records
 RSS_LIMIT = 1 << 30  # bytes
@@ -40,7 +40,7 @@ RSS_LIMIT = 1 << 30  # bytes
 def analyze_once(run_dir: Path) -> tuple[float, int, int, str]:
     """One ``celery-chaos analyze`` child: (wall seconds, peak RSS in bytes, exit code,
     its first output line)."""
-    cmd = [sys.executable, "-m", "harness.cli", "analyze", str(run_dir)]
+    cmd = [sys.executable, "-m", "celery_chaos.cli", "analyze", str(run_dir)]
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert child.stdout is not None

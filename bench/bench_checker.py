@@ -17,9 +17,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.checks.queue import check_queue  # noqa: E402
-from harness.history.schema import Kind, Record  # noqa: E402
-from harness.history.store import History  # noqa: E402
+from celery_chaos.checks.queue import check_queue  # noqa: E402
+from celery_chaos.history.schema import Kind, Record  # noqa: E402
+from celery_chaos.history.store import History  # noqa: E402
 
 _TEMPLATE = dict(Record(kind=Kind.OK, wall_ns=0, mono_ns=0, pid=1, host="h", role="r").__dict__)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.history.reader import HistoryTail  # noqa: E402
-from harness.history.schema import Kind  # noqa: E402
-from harness.history.store import HistoryWriter, read_history  # noqa: E402
+from celery_chaos.history.reader import HistoryTail  # noqa: E402
+from celery_chaos.history.schema import Kind  # noqa: E402
+from celery_chaos.history.store import HistoryWriter, read_history  # noqa: E402
 
 
 def write_history(directory: Path, n: int) -> list[HistoryWriter]:
@@ -36,7 +36,8 @@ def write_history(directory: Path, n: int) -> list[HistoryWriter]:
         for writer, kind in ((pub, Kind.OK), (w, Kind.STARTED), (w, Kind.SUCCEEDED)):
             if n <= 0:
                 break
-            writer.append(kind._value_, {"task_id": tid, "task_name": "sample_app.tasks.add"})
+            writer.append(kind._value_,
+                          {"task_id": tid, "task_name": "celery_chaos.sample_app.tasks.add"})
             n -= 1
     return [pub, *workers]
 

@@ -41,12 +41,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_proxy  # noqa: E402
 
-from harness.deployment.brokers import RabbitMQServer, RedisServer  # noqa: E402
-from harness.deployment.links import LinkProxies, with_host_port  # noqa: E402
-from harness.deployment.processes import ManagedProcess, free_port, kill_all  # noqa: E402
-from harness.faults.proxy.client import ToxiproxyClient  # noqa: E402
-from harness.history.schema import Kind  # noqa: E402
-from harness.history.store import read_history  # noqa: E402
+from celery_chaos.deployment.brokers import RabbitMQServer, RedisServer  # noqa: E402
+from celery_chaos.deployment.links import LinkProxies, with_host_port  # noqa: E402
+from celery_chaos.deployment.processes import ManagedProcess, free_port, kill_all  # noqa: E402
+from celery_chaos.faults.proxy.client import ToxiproxyClient  # noqa: E402
+from celery_chaos.history.schema import Kind  # noqa: E402
+from celery_chaos.history.store import read_history  # noqa: E402
 
 QUEUE = "bench"
 
@@ -191,7 +191,7 @@ def drain_rate(
         "-m",
         "celery",
         "-A",
-        "harness.deployment.celery_app:app",
+        "celery_chaos.deployment.celery_app:app",
         "worker",
         "-n",
         "bench@chaos",

@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/bench_proxy.py [--messages N] [--bulk-mib M]``
 
-The proxy runs as its own process (``python -m harness.faults.proxy --port 0``), the upstream
+The proxy runs as its own process (``python -m celery_chaos.faults.proxy --port 0``), the upstream
 echo/sink servers in another, the client here; everything stays on 127.0.0.1. Targets: added p50
 round trip <= 50 us, proxied bulk >= 50 % of direct, a 50 ms latency toxic within +-2 ms or +-5 %.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.faults.proxy.client import ToxiproxyClient  # noqa: E402
+from celery_chaos.faults.proxy.client import ToxiproxyClient  # noqa: E402
 
 MSG_SIZE = 200
 BULK_BLOCK = 256 * 1024
@@ -132,7 +132,7 @@ def pct(values: list[float], q: float) -> float:
 
 def start_proxy() -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.faults.proxy", "--port", "0"],
+        [sys.executable, "-m", "celery_chaos.faults.proxy", "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

@@ -43,8 +43,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.deployment.brokers import RabbitMQServer  # noqa: E402
-from harness.deployment.processes import free_port, kill_all  # noqa: E402
+from celery_chaos.deployment.brokers import RabbitMQServer  # noqa: E402
+from celery_chaos.deployment.processes import free_port, kill_all  # noqa: E402
 
 VHOST = "bench"
 QUEUES = ["emails", "reports", "fetch", "default"]

@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.report.browser import Chromium, find_chromium  # noqa: E402
-from harness.report.html import write_index  # noqa: E402
-from harness.report.synthetic import SyntheticSpec, make_run  # noqa: E402
-from harness.results import RunVerdict  # noqa: E402
+from celery_chaos.report.browser import Chromium, find_chromium  # noqa: E402
+from celery_chaos.report.html import write_index  # noqa: E402
+from celery_chaos.report.synthetic import SyntheticSpec, make_run  # noqa: E402
+from celery_chaos.results import RunVerdict  # noqa: E402
 
 SIZE_LIMIT = 10_000_000  # bytes
 REPORT_LIMIT_S = 15.0  # a million records (200,000 tasks)

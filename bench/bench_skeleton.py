@@ -28,8 +28,8 @@ from celery import Celery
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.deployment.brokers import RedisServer  # noqa: E402
-from harness.deployment.processes import ManagedProcess, kill_all  # noqa: E402
+from celery_chaos.deployment.brokers import RedisServer  # noqa: E402
+from celery_chaos.deployment.processes import ManagedProcess, kill_all  # noqa: E402
 
 
 def scenario_times() -> list[tuple[str, float, float, float]]:
@@ -98,7 +98,7 @@ def _worker(
         env["CHAOS_HISTORY_DIR"] = str(run_dir / f"history-{time.monotonic_ns()}")
     cmd = [
         *prefix, sys.executable, "-m", "celery",
-        "-A", "harness.deployment.celery_app:app", "worker",
+        "-A", "celery_chaos.deployment.celery_app:app", "worker",
         "-n", f"{name}@chaos", "-Q", queue, "-c", "2", "-P", "prefork",
         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
     ]  # fmt: skip

@@ -21,4 +21,4 @@ COPY sample_app /src/sample_app
 RUN /opt/venv/bin/pip install -q --no-deps /src && rm -rf /src/build
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 WORKDIR /opt/app
-CMD ["celery", "-A", "sample_app.app:app", "worker", "-l", "INFO"]
+CMD ["celery", "-A", "celery_chaos.sample_app.app:app", "worker", "-l", "INFO"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ChaosError, UsageError
+from celery_chaos.errors import ChaosError, UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,12 +79,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="API port, 0 for any free port (8474)")
     proxy.add_argument("--config", "-config", default=None,
                        help="JSON file of proxies to create at start (Toxiproxy's -config)")
-    from harness.runner.loadtest import add_arguments as add_load_arguments
+    from celery_chaos.runner.loadtest import add_arguments as add_load_arguments
 
     add_load_arguments(
         sub.add_parser("load", help="a Locust load test with optional faults, and its report")
     )
-    from harness.runner.audit import add_arguments as add_audit_arguments
+    from celery_chaos.runner.audit import add_arguments as add_audit_arguments
 
     audit = sub.add_parser(
         "audit", help="faults against your app's own configuration, and the fix that holds"
@@ -183,17 +183,17 @@ def _int(value: str, option: str) -> int:
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
-    """``celery-chaos explore``: see :mod:`harness.explore.search`."""
-    from harness.deployment.app_loader import DEFAULT_APP
-    from harness.explore.search import MINIMAL_FILE, Explorer
-    from harness.explore.strategies import space_for
-    from harness.load.workload import load_workload
-    from harness.report.explorer import write_explorer_page
-    from harness.results import new_run_dir
-    from harness.runner.app import SAMPLE_WORKLOAD, AppUnderTest
-    from harness.runner.catalog import get
-    from harness.runner.loadtest import parse_duration
-    from harness.spec.model import load_spec
+    """``celery-chaos explore``: see :mod:`celery_chaos.explore.search`."""
+    from celery_chaos.deployment.app_loader import DEFAULT_APP
+    from celery_chaos.explore.search import MINIMAL_FILE, Explorer
+    from celery_chaos.explore.strategies import space_for
+    from celery_chaos.load.workload import load_workload
+    from celery_chaos.report.explorer import write_explorer_page
+    from celery_chaos.results import new_run_dir
+    from celery_chaos.runner.app import SAMPLE_WORKLOAD, AppUnderTest
+    from celery_chaos.runner.catalog import get
+    from celery_chaos.runner.loadtest import parse_duration
+    from celery_chaos.spec.model import load_spec
 
     budget = parse_duration(args.budget, "--budget")
     if budget <= 0:
@@ -239,9 +239,9 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
 def catalog_module() -> Path:
     """The packaged catalog's pytest module (every shipped spec, or ``--chaos-spec-file``)."""
-    import harness.catalog
+    import celery_chaos.catalog
 
-    return Path(harness.catalog.__file__).resolve().parent / "test_catalog.py"
+    return Path(celery_chaos.catalog.__file__).resolve().parent / "test_catalog.py"
 
 
 def _take_option(args: list[str], name: str) -> tuple[list[str], str | None]:
@@ -266,8 +266,8 @@ def _schedule_spec(path: Path) -> Path:
     spec) and write the spec it names, with that schedule, to a fresh file for the run."""
     import tempfile
 
-    from harness.runner.catalog import get
-    from harness.spec.model import parse_spec, read_data
+    from celery_chaos.runner.catalog import get
+    from celery_chaos.spec.model import parse_spec, read_data
 
     data = read_data(path)
     if not isinstance(data, dict):
@@ -290,8 +290,8 @@ def _schedule_spec(path: Path) -> Path:
 
 def cmd_replay(target: str, pytest_args: list[str]) -> int:
     """Run a stored scenario again (its ``spec.json``) into a new run directory."""
-    from harness.runner.run import SPEC_FILE
-    from harness.spec.model import load_spec
+    from celery_chaos.runner.run import SPEC_FILE
+    from celery_chaos.spec.model import load_spec
 
     path = Path(target)
     spec_file = path / SPEC_FILE if path.is_dir() else path
@@ -338,9 +338,9 @@ def _declared(sdir: Path, history: Any, exactly_once: bool) -> _Declared:
     its ``spec.json`` if it has one; for a bare history, ``valid`` and the queue invariant."""
     from pydantic import ValidationError
 
-    from harness.checks.registry import UnknownChecker, rebuild
-    from harness.history.schema import Kind
-    from harness.results import ScenarioResult
+    from celery_chaos.checks.registry import UnknownChecker, rebuild
+    from celery_chaos.history.schema import Kind
+    from celery_chaos.results import ScenarioResult
 
     result_file = sdir / "result.json"
     if result_file.is_file():
@@ -357,8 +357,8 @@ def _declared(sdir: Path, history: Any, exactly_once: bool) -> _Declared:
             checkers=checkers,
             kept=stored.invariants,
         )
-    from harness.runner.run import SPEC_FILE  # celery, the deployment: 0.4 s of imports
-    from harness.spec.model import load_spec
+    from celery_chaos.runner.run import SPEC_FILE  # celery, the deployment: 0.4 s of imports
+    from celery_chaos.spec.model import load_spec
 
     spec_file = sdir / SPEC_FILE
     started = any(r.kind is Kind.SCENARIO and r.phase == "start" for r in history)
@@ -385,10 +385,10 @@ def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
 
     A scenario whose run was interrupted (killed: a history but no ``result.json``) is
     ``unknown`` and never as declared (exit 2); a history with unreadable lines is never
-    ``valid`` (:func:`harness.checks.verdict.check_complete`)."""
-    from harness.checks.verdict import Verdict, check_history
-    from harness.history.store import open_history
-    from harness.results import exit_code_of
+    ``valid`` (:func:`celery_chaos.checks.verdict.check_complete`)."""
+    from celery_chaos.checks.verdict import Verdict, check_history
+    from celery_chaos.history.store import open_history
+    from celery_chaos.results import exit_code_of
 
     path = Path(path_str)
     if not path.exists():
@@ -444,7 +444,7 @@ def cmd_analyze(path_str: str, exactly_once: bool, as_json: bool) -> int:
 
 def _print_analyzed(item: dict[str, Any]) -> None:
     """One scenario of ``analyze``'s text output."""
-    from harness.history.store import SkippedLines
+    from celery_chaos.history.store import SkippedLines
 
     declared = f"declared {item['expect'] or 'nothing: no spec.json'}"
     if item["interrupted"]:
@@ -466,16 +466,16 @@ def _print_analyzed(item: dict[str, Any]) -> None:
 
 
 def cmd_audit(args: argparse.Namespace, argv: list[str]) -> int:
-    """``celery-chaos audit``: see :mod:`harness.runner.audit`."""
-    from harness.runner.audit import main as audit_main
+    """``celery-chaos audit``: see :mod:`celery_chaos.runner.audit`."""
+    from celery_chaos.runner.audit import main as audit_main
 
     args.argv = argv
     return audit_main(args)
 
 
 def cmd_load(args: argparse.Namespace, argv: list[str]) -> int:
-    """``celery-chaos load``: see :mod:`harness.runner.loadtest`."""
-    from harness.runner.loadtest import main as load_main
+    """``celery-chaos load``: see :mod:`celery_chaos.runner.loadtest`."""
+    from celery_chaos.runner.loadtest import main as load_main
 
     args.argv = argv
     return load_main(args)
@@ -506,8 +506,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_audit(args, argv[1:])
         if args.command == "explore":
             return cmd_explore(args)
-        if args.command == "toxiproxy":  # the same entry as `python -m harness.faults.proxy`
-            from harness.faults.proxy.__main__ import main as proxy_main
+        if args.command == "toxiproxy":  # the same entry as `python -m celery_chaos.faults.proxy`
+            from celery_chaos.faults.proxy.__main__ import main as proxy_main
 
             return proxy_main(argv[1:])
     except ChaosError as exc:

@@ -1,7 +1,7 @@
 """The celery-chaos pytest plugin (entry point ``pytest11``).
 
 Adds ``--chaos-app``, ``--chaos-workload`` and ``--chaos-reports``, the
-``chaos`` fixture (one :class:`~harness.runner.scenario.Scenario` per test), and
+``chaos`` fixture (one :class:`~celery_chaos.runner.scenario.Scenario` per test), and
 writes the run directory (``verdict.json``, ``index.html``) at the end of a
 session that ran at least one scenario. Exit status: 0 when every scenario
 ended as declared, 1 on an unexpected verdict, 2 on an infrastructure error.
@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from harness.errors import ChaosError, InfrastructureError
-from harness.results import ScenarioResult
-from harness.runner.app import SAMPLE_APP, SAMPLE_WORKLOAD
+from celery_chaos.errors import ChaosError, InfrastructureError
+from celery_chaos.results import ScenarioResult
+from celery_chaos.runner.app import SAMPLE_APP, SAMPLE_WORKLOAD
 
 DEFAULT_APP = SAMPLE_APP
 DEFAULT_WORKLOAD = SAMPLE_WORKLOAD
@@ -63,7 +63,7 @@ class ChaosSession:
     def ensure_run_dir(self) -> Path:
         """Create the run directory on first use (unit-test-only sessions create none)."""
         if self.run_dir is None:
-            from harness.results import new_run_dir
+            from celery_chaos.results import new_run_dir
 
             shared = self.workerinput.get(RUN_DIR_KEY)
             if shared:  # an xdist worker: the controller's run directory
@@ -162,9 +162,9 @@ def _session(config: pytest.Config) -> ChaosSession:
 @pytest.fixture(scope="session")
 def chaos_session(request: pytest.FixtureRequest) -> Iterator[ChaosSession]:
     """The session's run directory, brokers and app under test."""
-    from harness.backends.local import SharedBrokers
-    from harness.load.workload import load_workload
-    from harness.runner.app import AppUnderTest
+    from celery_chaos.backends.local import SharedBrokers
+    from celery_chaos.load.workload import load_workload
+    from celery_chaos.runner.app import AppUnderTest
 
     sess = _session(request.config)
     wl_path = request.config.getoption("chaos_workload")
@@ -194,10 +194,10 @@ def chaos_session(request: pytest.FixtureRequest) -> Iterator[ChaosSession]:
 
 def _compose_session(config: pytest.Config, run_dir: Path, worker_id: str | None, *,
                      exit_on_error: bool) -> Any:
-    """A :class:`~harness.backends.compose.ComposeSession`; where none can be had, exit 2 with
+    """A :class:`~celery_chaos.backends.compose.ComposeSession`; where none can be had, exit 2 with
     the reason (``--chaos-backend compose``) or skip with it (the compose scenarios)."""
-    from harness.backends.compose import ComposeSession
-    from harness.deployment.docker_engine import unavailable
+    from celery_chaos.backends.compose import ComposeSession
+    from celery_chaos.deployment.docker_engine import unavailable
 
     folder = f"compose-{worker_id}" if worker_id else "compose"
     file = config.getoption("chaos_compose_file")
@@ -231,7 +231,7 @@ def compose_session(request: pytest.FixtureRequest, chaos_session: ChaosSession)
 @pytest.fixture
 def chaos(request: pytest.FixtureRequest, chaos_session: ChaosSession) -> Iterator[object]:
     """One scenario: deploy, load, inject faults, then ``check()`` for the verdict."""
-    from harness.runner.scenario import Scenario
+    from celery_chaos.runner.scenario import Scenario
 
     doc = (request.function.__doc__ or "").strip().splitlines()
     assert chaos_session.run_dir is not None and chaos_session.app is not None
@@ -270,7 +270,7 @@ def _finish(
 def _progress(config: pytest.Config, scenario: Any) -> Any:
     """Live progress lines for one scenario on the terminal (an xdist worker's go to its
     stderr, the controller's terminal); none with ``--chaos-progress 0``."""
-    from harness.runner.progress import Progress
+    from celery_chaos.runner.progress import Progress
 
     reporter = config.pluginmanager.getplugin("terminalreporter")
     capman = config.pluginmanager.getplugin("capturemanager")
@@ -296,7 +296,7 @@ def chaos_run(
     request: pytest.FixtureRequest, chaos_session: ChaosSession
 ) -> Iterator[Callable[[Any], Any]]:
     """Run one catalog spec: ``run = chaos_run(spec)`` deploys, loads, runs the schedule and
-    checks (:func:`harness.runner.run.run_spec`); the scenario is torn down after the test.
+    checks (:func:`celery_chaos.runner.run.run_spec`); the scenario is torn down after the test.
     A spec that does not apply to the app under test is skipped with the reason."""
     yield from _spec_runner(request, chaos_session, chaos_session.brokers)
 
@@ -312,8 +312,8 @@ def compose_run(
 def _spec_runner(
     request: pytest.FixtureRequest, chaos_session: ChaosSession, brokers: Any, suffix: str = ""
 ) -> Iterator[Callable[[Any], Any]]:
-    from harness.runner.run import NotApplicable, check_applicable, run_spec
-    from harness.runner.scenario import Scenario
+    from celery_chaos.runner.run import NotApplicable, check_applicable, run_spec
+    from celery_chaos.runner.scenario import Scenario
 
     assert chaos_session.run_dir is not None and chaos_session.app is not None
     made: list[Any] = []
@@ -427,7 +427,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if sess.run_dir is None:
         return
     if sess.worker_id is not None:  # xdist worker: the controller writes the verdict
-        from harness.results import write_json
+        from celery_chaos.results import write_json
 
         folder = sess.run_dir / XDIST_DIR
         folder.mkdir(exist_ok=True)
@@ -442,8 +442,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not sess.results and not sess.infra_error and not any(sess.run_dir.iterdir()):
         sess.run_dir.rmdir()  # xdist made it, but no scenario ran
         return
-    from harness.report.html import write_index
-    from harness.results import RunVerdict, exit_code_for, run_verdict, versions, write_json
+    from celery_chaos.report.html import write_index
+    from celery_chaos.results import RunVerdict, exit_code_for, run_verdict, versions, write_json
 
     verdict, as_expected = run_verdict(sess.results)
     status = int(session.exitstatus)  # 2 when _require_scenarios failed the run
@@ -464,7 +464,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 2
     elif code == 1 and status == 0:
         session.exitstatus = 1  # a verdict not as declared, even with no failed assertion
-    from harness.results import run_summary_line
+    from celery_chaos.results import run_summary_line
 
     # printed last of all (pytest_unconfigure), after pytest's own summary
     sess.summary = run_summary_line(sess.results, code, sess.run_dir)

@@ -21,9 +21,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from harness.checks.queue import QueueCheckResult
-from harness.checks.verdict import QUEUE, InvariantResult, Verdict
-from harness.history.store import SkippedLines
+from celery_chaos.checks.queue import QueueCheckResult
+from celery_chaos.checks.verdict import QUEUE, InvariantResult, Verdict
+from celery_chaos.history.store import SkippedLines
 
 VERDICT_SCHEMA_VERSION = 1
 #: What a scenario declares; ``unknown`` only for runs that cannot drain (an existing deployment).

@@ -1,6 +1,6 @@
 """The sample Celery app, configured only from ``SAMPLE_*`` environment variables.
 
-Run a worker with ``celery -A sample_app.app:app worker -Q emails,reports,fetch``.
+Run a worker with ``celery -A celery_chaos.sample_app.app:app worker -Q emails,reports,fetch``.
 Tests build independent apps with :func:`create_app` instead of reloading this module.
 """
 
@@ -11,12 +11,12 @@ from collections.abc import Mapping
 
 from celery import Celery
 
-from sample_app import tasks as _tasks  # noqa: F401  (registers the shared tasks)
-from sample_app.config import configure
+from celery_chaos.sample_app import tasks as _tasks  # noqa: F401  (registers the shared tasks)
+from celery_chaos.sample_app.config import configure
 
-TASKS_MODULE = "sample_app.tasks"
+TASKS_MODULE = "celery_chaos.sample_app.tasks"
 #: Tasks for the time-limit and retry scenarios (a hanging task, auto-retrying fetches).
-CHAOS_TASKS_MODULE = "sample_app.chaos_tasks"
+CHAOS_TASKS_MODULE = "celery_chaos.sample_app.chaos_tasks"
 
 
 def create_app(environ: Mapping[str, str], *, set_as_current: bool = True) -> Celery:

@@ -1,7 +1,7 @@
 """Tasks that exist to be broken: a task that hangs, a short nap, and auto-retrying fetches.
 
-They complement :mod:`sample_app.tasks` for the time-limit and retry scenarios. None of them
-reads a new environment variable: their behaviour is chosen by their arguments, and the
+They complement :mod:`celery_chaos.sample_app.tasks` for the time-limit and retry scenarios.
+None of them reads a new environment variable: their behaviour is chosen by their arguments, and the
 auto-retry policies are fixed here so scenarios can import the numbers they check.
 All go to the app's default queue (``default``).
 """
@@ -15,10 +15,10 @@ import requests
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-HANG = "sample_app.chaos_tasks.hang"
-NAP = "sample_app.chaos_tasks.nap"
-FETCH_WITH_BACKOFF = "sample_app.chaos_tasks.fetch_with_backoff"
-FETCH_WITH_JITTER = "sample_app.chaos_tasks.fetch_with_jitter"
+HANG = "celery_chaos.sample_app.chaos_tasks.hang"
+NAP = "celery_chaos.sample_app.chaos_tasks.nap"
+FETCH_WITH_BACKOFF = "celery_chaos.sample_app.chaos_tasks.fetch_with_backoff"
+FETCH_WITH_JITTER = "celery_chaos.sample_app.chaos_tasks.fetch_with_jitter"
 
 #: Auto-retry policy of both fetches: countdown = min(BACKOFF_MAX, BACKOFF_FACTOR * 2**n).
 BACKOFF_FACTOR = 1

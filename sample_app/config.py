@@ -23,9 +23,9 @@ EMAILS_QUEUE = "emails"
 REPORTS_QUEUE = "reports"
 FETCH_QUEUE = "fetch"
 
-SEND_EMAIL = "sample_app.tasks.send_email"
-GENERATE_REPORT = "sample_app.tasks.generate_report"
-FETCH_URL = "sample_app.tasks.fetch_url"
+SEND_EMAIL = "celery_chaos.sample_app.tasks.send_email"
+GENERATE_REPORT = "celery_chaos.sample_app.tasks.generate_report"
+FETCH_URL = "celery_chaos.sample_app.tasks.fetch_url"
 
 TASK_ROUTES: dict[str, dict[str, str]] = {
     SEND_EMAIL: {"queue": EMAILS_QUEUE},
@@ -155,7 +155,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "sample_reports_db",
         _str,
         "sample_reports.sqlite3",
-        "SQLite DB that generate_report reads (seeded by harness.deployment.sinks).",
+        "SQLite DB that generate_report reads (seeded by celery_chaos.deployment.sinks).",
     ),
     EnvVar(
         "SAMPLE_REPORTS_DIR",

@@ -1,8 +1,9 @@
 """The sample app's tasks.
 
-They are ``shared_task``s so that any app built by :func:`sample_app.app.create_app` registers
-them; each reads its service settings from ``self.app.conf`` (the ``sample_*`` keys written by
-:func:`sample_app.config.configure`) at run time.
+They are ``shared_task``s so that any app built by
+:func:`celery_chaos.sample_app.app.create_app` registers them; each reads its service
+settings from ``self.app.conf`` (the ``sample_*`` keys written by
+:func:`celery_chaos.sample_app.config.configure`) at run time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import requests
 from celery import Task, shared_task
 
-from sample_app.config import FETCH_URL, GENERATE_REPORT, SEND_EMAIL
+from celery_chaos.sample_app.config import FETCH_URL, GENERATE_REPORT, SEND_EMAIL
 
 FROM_ADDRESS = "sample-app@localhost"
 #: Header carrying the Celery task id, so a sink can tell redeliveries from distinct sends.

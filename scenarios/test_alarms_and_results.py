@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.liveness import PublishSummary
-from harness.checks.results import NAME as RESULTS
-from harness.checks.results import ResultsSummary
-from harness.history.schema import Kind
-from harness.runner.catalog import specs
-from harness.runner.run import ScenarioRun
-from harness.spec.model import ScenarioSpec
+from celery_chaos.checks.liveness import PublishSummary
+from celery_chaos.checks.results import NAME as RESULTS
+from celery_chaos.checks.results import ResultsSummary
+from celery_chaos.history.schema import Kind
+from celery_chaos.runner.catalog import specs
+from celery_chaos.runner.run import ScenarioRun
+from celery_chaos.spec.model import ScenarioSpec
 
 SPECS = specs("alarms_and_results")
 PUBLISH = "publish_bounded"

@@ -3,7 +3,7 @@
 The specs are in ``harness/catalog/beat.yaml``; this file runs each one and asserts what is
 specific to it. The sample app's ``fast-report`` entry (``generate_report(1)`` every few
 seconds) runs under real ``celery beat`` processes on a private Redis broker, with
-``beat_max_loop_interval=1``. The beat checker (:mod:`harness.checks.beat`) maps every tick
+``beat_max_loop_interval=1``. The beat checker (:mod:`celery_chaos.checks.beat`) maps every tick
 the schedule says was due to exactly one publish and one execution. Negative controls (expect
 ``invalid``): a SIGKILLed and restarted beat with Celery's default schedule sync (a double
 fire), and two beats without a lock (every tick twice). The broker outage also ends
@@ -16,10 +16,10 @@ from collections.abc import Callable
 
 import pytest
 
-from harness.checks.beat import BeatCheckResult, EntryCounts
-from harness.runner.catalog import specs
-from harness.runner.run import ScenarioRun
-from harness.spec.model import ScenarioSpec
+from celery_chaos.checks.beat import BeatCheckResult, EntryCounts
+from celery_chaos.runner.catalog import specs
+from celery_chaos.runner.run import ScenarioRun
+from celery_chaos.spec.model import ScenarioSpec
 
 SPECS = specs("beat")
 ENTRY = "fast-report"

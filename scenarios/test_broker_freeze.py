@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.liveness import PublishSummary, ResumeSummary
-from harness.history.schema import Kind
-from harness.runner.catalog import specs
-from harness.runner.run import ScenarioRun
-from harness.spec.model import ScenarioSpec
+from celery_chaos.checks.liveness import PublishSummary, ResumeSummary
+from celery_chaos.history.schema import Kind
+from celery_chaos.runner.catalog import specs
+from celery_chaos.runner.run import ScenarioRun
+from celery_chaos.spec.model import ScenarioSpec
 
 SPECS = specs("broker_freeze")
 RESUME = "workers_resume_consuming"

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import pytest
 
-from harness.checks.liveness import ResumeSummary
-from harness.history.schema import Kind
-from harness.runner.catalog import specs
-from harness.runner.run import ScenarioRun
-from harness.spec.model import ScenarioSpec
+from celery_chaos.checks.liveness import ResumeSummary
+from celery_chaos.history.schema import Kind
+from celery_chaos.runner.catalog import specs
+from celery_chaos.runner.run import ScenarioRun
+from celery_chaos.spec.model import ScenarioSpec
 
 SPECS = specs("broker_restart")
 BURST = "rabbitmq_crash_during_publish_burst_with_confirms"

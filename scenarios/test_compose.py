@@ -25,8 +25,8 @@ import test_beat
 import test_partition
 import test_worker_kill
 
-from harness.runner.catalog import specs
-from harness.spec.model import ScenarioSpec
+from celery_chaos.runner.catalog import specs
+from celery_chaos.spec.model import ScenarioSpec
 
 #: (family, spec name): what runs on containers, and the family test that judges it.
 SUBSET = [

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness.backends.compose import ComposeProject, default_compose_file
-from harness.deployment.docker_engine import unavailable
+from celery_chaos.backends.compose import ComposeProject, default_compose_file
+from celery_chaos.deployment.docker_engine import unavailable
 
 
 def _get_json(url: str, timeout: float) -> object:

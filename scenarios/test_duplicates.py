@@ -21,10 +21,10 @@ from itertools import pairwise
 
 import pytest
 
-from harness.history.schema import Kind, Record
-from harness.runner.catalog import specs
-from harness.runner.run import ScenarioRun
-from harness.spec.model import ScenarioSpec
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.runner.catalog import specs
+from celery_chaos.runner.run import ScenarioRun
+from celery_chaos.spec.model import ScenarioSpec
 
 SPECS = specs("duplicates")
 #: The specs' numbers: the short visibility timeout and the countdown (s).

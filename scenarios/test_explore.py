@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from harness.explore.search import MINIMAL_FILE, Explorer
-from harness.explore.strategies import space_for
-from harness.report.explorer import write_explorer_page
-from harness.runner.catalog import get
+from celery_chaos.explore.search import MINIMAL_FILE, Explorer
+from celery_chaos.explore.strategies import space_for
+from celery_chaos.report.explorer import write_explorer_page
+from celery_chaos.runner.catalog import get
 
 KILLS = {"kill_worker", "kill_pool_child"}
 

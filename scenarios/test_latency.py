@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from harness.checks.liveness import end_to_end_latencies, percentiles
-from harness.faults.vocabulary import Latency, Load
-from harness.history.schema import Kind, Record
-from harness.history.store import History
-from harness.runner.catalog import specs
-from harness.runner.run import ScenarioRun
-from harness.spec.model import ScenarioSpec
+from celery_chaos.checks.liveness import end_to_end_latencies, percentiles
+from celery_chaos.faults.vocabulary import Latency, Load
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import History
+from celery_chaos.runner.catalog import specs
+from celery_chaos.runner.run import ScenarioRun
+from celery_chaos.spec.model import ScenarioSpec
 
 SPECS = specs("latency")
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.beat import BeatCheckResult
-from harness.runner.catalog import specs
-from harness.runner.run import ScenarioRun
-from harness.spec.model import ScenarioSpec
+from celery_chaos.checks.beat import BeatCheckResult
+from celery_chaos.runner.catalog import specs
+from celery_chaos.runner.run import ScenarioRun
+from celery_chaos.spec.model import ScenarioSpec
 
 SPECS = specs("more_modes")
 QOS_OFF = "Global QoS is disabled. Prefetch count is now static."

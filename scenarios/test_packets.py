@@ -25,10 +25,10 @@ from collections.abc import Callable
 
 import pytest
 
-from harness.checks.liveness import PublishSummary, ResumeSummary
-from harness.runner.catalog import specs
-from harness.runner.run import ScenarioRun
-from harness.spec.model import ScenarioSpec
+from celery_chaos.checks.liveness import PublishSummary, ResumeSummary
+from celery_chaos.runner.catalog import specs
+from celery_chaos.runner.run import ScenarioRun
+from celery_chaos.spec.model import ScenarioSpec
 
 SPECS = specs("packets")
 RESUME = "workers_resume_consuming"

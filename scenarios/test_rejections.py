@@ -16,10 +16,10 @@ from collections.abc import Callable
 
 import pytest
 
-from harness.history.schema import Kind, Record
-from harness.runner.catalog import specs
-from harness.runner.run import ScenarioRun
-from harness.spec.model import ScenarioSpec
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.runner.catalog import specs
+from celery_chaos.runner.run import ScenarioRun
+from celery_chaos.spec.model import ScenarioSpec
 
 SPECS = specs("rejections")
 #: What Celery 5.7 logs after it rejects a message it cannot run.
@@ -50,18 +50,19 @@ def _rejected_and_lost(run: ScenarioRun, step: str) -> tuple[list[str], list[Rec
 def _unregistered(run: ScenarioRun) -> None:
     ids, recs = _rejected_and_lost(run, "new_task")
     assert {r.reason for r in recs} == {"unknown task"}
-    assert {r.task_name for r in recs} == {"sample_app.tasks.not_deployed_yet"}
+    assert {r.task_name for r in recs} == {"celery_chaos.sample_app.tasks.not_deployed_yet"}
     problems = run.invariant("queue").problems
     hosts = sorted({r.host for r in recs})
     for host in hosts:  # one line per worker that received some: "not registered there"
         mine = sorted(r.task_id for r in recs if r.host == host)
         line = (f"{len(mine)} of the lost tasks were received by {host} but not registered there "
-                f"(sample_app.tasks.not_deployed_yet: a rolling deploy?), so rejected without "
-                f"requeue: {', '.join(mine)}")
+                f"(celery_chaos.sample_app.tasks.not_deployed_yet: a rolling deploy?), so rejected "
+                f"without requeue: {', '.join(mine)}")
         assert line in problems, problems
     for host in hosts:
         log = run.scenario.worker_log(host)
-        assert ("Received unregistered task of type 'sample_app.tasks.not_deployed_yet'.\n"
+        assert ("Received unregistered task of type "
+                "'celery_chaos.sample_app.tasks.not_deployed_yet'.\n"
                 f"{DISCARDED}") in log, host
 
 
@@ -70,7 +71,7 @@ def _undecodable(run: ScenarioRun) -> None:
     assert {r.exc_type for r in recs} == {"ContentDisallowed"}
     assert all("application/x-python-serialize" in (r.exc_message or "") for r in recs), recs
     lines = [p for p in run.invariant("queue").problems
-             if "without requeue (sample_app.chaos_tasks.nap: ContentDisallowed" in p]
+             if "without requeue (celery_chaos.sample_app.chaos_tasks.nap: ContentDisallowed" in p]
     assert all(any(t in line for line in lines) for t in ids), lines
     for host in sorted({r.host for r in recs}):
         log = run.scenario.worker_log(host)

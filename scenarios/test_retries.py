@@ -1,7 +1,7 @@
 """Retries (failure modes 32-33): count, spacing and outcome, and a broker outage mid-retry.
 
 The specs are in ``harness/catalog/retries.yaml``. The "retry policy" invariant
-(``harness.checks.retries``) reads the retry publishes (``invoke`` records with ``retries``
+(``celery_chaos.checks.retries``) reads the retry publishes (``invoke`` records with ``retries``
 and ``eta``), the attempts (``started``) and the final outcome from the history. Measured
 on Celery 5.7.0 (see docs/invariants.md):
 
@@ -23,11 +23,11 @@ from collections.abc import Callable
 
 import pytest
 
-from harness.checks.retries import RetrySummary
-from harness.runner.catalog import specs
-from harness.runner.run import ScenarioRun
-from harness.spec.model import ScenarioSpec
-from sample_app.chaos_tasks import FETCH_WITH_BACKOFF
+from celery_chaos.checks.retries import RetrySummary
+from celery_chaos.runner.catalog import specs
+from celery_chaos.runner.run import ScenarioRun
+from celery_chaos.sample_app.chaos_tasks import FETCH_WITH_BACKOFF
+from celery_chaos.spec.model import ScenarioSpec
 
 SPECS = specs("retries")
 

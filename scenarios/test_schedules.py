@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from harness.history.schema import Kind
-from harness.runner.catalog import specs
-from harness.runner.run import ScenarioRun
-from harness.spec.model import ScenarioSpec
+from celery_chaos.history.schema import Kind
+from celery_chaos.runner.catalog import specs
+from celery_chaos.runner.run import ScenarioRun
+from celery_chaos.spec.model import ScenarioSpec
 
 SPECS = specs("schedules")
 #: Slack on a window's start or length: a thread's wake-up plus applying the fault.

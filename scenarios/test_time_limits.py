@@ -1,7 +1,7 @@
 """Hung tasks and time limits (failure modes 11-13): does anything keep a worker from hanging?
 
 The specs are in ``harness/catalog/time_limits.yaml``; this file runs each one and asserts
-what is specific to it. The "no hung task" invariant (``harness.checks.hung``) flags every run
+what is specific to it. The "no hung task" invariant (``celery_chaos.checks.hung``) flags every run
 that stayed open longer than ``BOUND`` s: the hard limit plus a margin for the pool's timeout
 thread and a busy machine. Measured on Celery 5.7.0 / billiard 4.3.2 (see docs/invariants.md):
 
@@ -24,11 +24,11 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from harness.checks.hung import HungSummary
-from harness.history.schema import Kind, Record
-from harness.runner.catalog import specs
-from harness.runner.run import ScenarioRun
-from harness.spec.model import ScenarioSpec
+from celery_chaos.checks.hung import HungSummary
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.runner.catalog import specs
+from celery_chaos.runner.run import ScenarioRun
+from celery_chaos.spec.model import ScenarioSpec
 
 SPECS = specs("time_limits")
 SOFT, HARD = 1, 2

@@ -17,8 +17,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from harness.history.schema import Kind, Record
-from harness.history.store import History
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import History
 
 APP_EXCEPTIONS = ("ValueError", "MaxRetriesExceededError", "TimeLimitExceeded", "KeyError")
 PUBLISHERS = (("publisher", "publisher"), ("beat", "beat"), ("worker", "w1@chaos"))
@@ -345,7 +345,7 @@ def _record(kind: Kind, mono: int, task_id: str | None, fields: dict[str, Any]) 
         host=host,
         role=role,
         task_id=task_id,
-        task_name="sample_app.tasks.work" if task_id else None,
+        task_name="celery_chaos.sample_app.tasks.work" if task_id else None,
         **extra,
     )
 

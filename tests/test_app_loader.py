@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harness.deployment.app_loader import app_from_env, apply_harness_config, load_app
-from harness.errors import UsageError
+from celery_chaos.deployment.app_loader import app_from_env, apply_harness_config, load_app
+from celery_chaos.errors import UsageError
 
 
 def test_user_app_broker_and_backend_are_overridden() -> None:
@@ -68,9 +68,9 @@ def test_an_app_that_fails_on_import_is_a_usage_error(
 ) -> None:
     # The sample app rejects a bad boolean at import time; so may a user's module.
     monkeypatch.setenv("SAMPLE_ACKS_LATE", "maybe")
-    monkeypatch.delitem(__import__("sys").modules, "sample_app.app", raising=False)
+    monkeypatch.delitem(__import__("sys").modules, "celery_chaos.sample_app.app", raising=False)
     with pytest.raises(UsageError, match="SAMPLE_ACKS_LATE='maybe' is not a boolean") as err:
-        load_app("sample_app.app:app")
+        load_app("celery_chaos.sample_app.app:app")
     assert "\n" not in str(err.value)
     (tmp_path / "factory_mod.py").write_text("def make():\n    raise RuntimeError('no config')\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -1,9 +1,11 @@
-"""The import graph of harness/: no cycle between its packages; report/ only behind entry points.
+"""The import graph of ``celery_chaos`` (the folder harness/): no cycle between its packages;
+report/ only behind entry points.
 
 Every module under harness/ is parsed with ``ast``; every import counts, including those under
 ``if TYPE_CHECKING:`` and inside functions (a deferred import hides a cycle, it does not break
-it). A node of the package graph is ``harness.<first name>``: a package (``harness.faults``,
-its ``proxy`` included) or a top-level module (``harness.cli``, ``harness.results``).
+it). A node of the package graph is ``celery_chaos.<first name>``: a package
+(``celery_chaos.faults``, its ``proxy`` included) or a top-level module (``celery_chaos.cli``,
+``celery_chaos.results``).
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from pathlib import Path
 
 HARNESS = Path(__file__).resolve().parent.parent / "harness"
 
-#: Who may import harness.report: the commands and the runner that write a run's report.
-ENTRY_POINTS = ("harness.cli", "harness.pytest_plugin", "harness.runner")
+#: Who may import celery_chaos.report: the commands and the runner that write a run's report.
+ENTRY_POINTS = ("celery_chaos.cli", "celery_chaos.pytest_plugin", "celery_chaos.runner")
 
 Edges = dict[str, dict[str, list[str]]]  # node -> imported node -> where ("path:line")
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(HARNESS.parent).with_suffix("").parts)
+    parts = ["celery_chaos", *path.relative_to(HARNESS).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -46,7 +48,7 @@ def imports(path: Path, modules: dict[str, Path]) -> list[tuple[str, int]]:
             for alias in node.names:  # `from pkg import module` imports the module
                 sub = f"{base}.{alias.name}"
                 out.append((sub if sub in modules else base, node.lineno))
-    return [(m, line) for m, line in out if m == "harness" or m.startswith("harness.")]
+    return [(m, line) for m, line in out if m == "celery_chaos" or m.startswith("celery_chaos.")]
 
 
 def node_of(module: str) -> str:
@@ -115,11 +117,12 @@ def describe(graph: Edges, found: list[list[str]]) -> str:
 def test_the_graph_sees_every_kind_of_import() -> None:
     """Deferred, TYPE_CHECKING, relative and ``from package import module`` imports count."""
     graph = package_graph()
-    assert any("harness/cli.py" in w for w in graph["harness.cli"]["harness.runner"])  # in a def
+    # in a def:
+    assert any("harness/cli.py" in w for w in graph["celery_chaos.cli"]["celery_chaos.runner"])
     modules = _modules()
     link = dict(imports(HARNESS / "faults" / "proxy" / "proxies.py", modules))
-    assert "harness.faults.proxy.link" in link  # `from .link import ...`
-    assert node_of("harness.faults.proxy.link") == "harness.faults"
+    assert "celery_chaos.faults.proxy.link" in link  # `from .link import ...`
+    assert node_of("celery_chaos.faults.proxy.link") == "celery_chaos.faults"
 
 
 def test_no_package_cycle() -> None:
@@ -145,13 +148,14 @@ def test_no_module_cycle() -> None:
 def test_the_data_flow_order() -> None:
     """history <- checks <- faults <- spec <- runner <- explore: no package imports one to
     its right."""
-    order = ["harness.history", "harness.checks", "harness.faults", "harness.spec",
-             "harness.runner", "harness.explore"]
+    order = [f"celery_chaos.{p}"
+             for p in ("history", "checks", "faults", "spec", "runner", "explore")]
     graph = package_graph()
     for i, low in enumerate(order):
         for high in order[i + 1:]:
             assert high not in graph.get(low, {}), f"{low} imports {high}: {graph[low][high]}"
-    assert "harness.faults" not in graph.get("harness.backends", {}), "backends know no faults"
+    backends = graph.get("celery_chaos.backends", {})
+    assert "celery_chaos.faults" not in backends, "backends know no faults"
 
 
 def test_report_is_imported_only_by_entry_points() -> None:
@@ -160,9 +164,9 @@ def test_report_is_imported_only_by_entry_points() -> None:
     offenders = [
         f"{path.relative_to(HARNESS.parent)}:{line} imports {target}"
         for name, path in modules.items()
-        if node_of(name) != "harness.report"
+        if node_of(name) != "celery_chaos.report"
         and not any(name == e or name.startswith(e + ".") for e in ENTRY_POINTS)
         for target, line in imports(path, modules)
-        if node_of(target) == "harness.report"
+        if node_of(target) == "celery_chaos.report"
     ]
     assert not offenders, "report/ imported outside the entry points:\n" + "\n".join(offenders)

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from harness.checks.queue import QueueCheckResult, QueueCounts
-from harness.checks.verdict import InvariantResult, Verdict
-from harness.errors import UsageError
-from harness.report.audit import (
+from celery_chaos.checks.queue import QueueCheckResult, QueueCounts
+from celery_chaos.checks.verdict import InvariantResult, Verdict
+from celery_chaos.errors import UsageError
+from celery_chaos.report.audit import (
     AuditResult,
     AuditRow,
     AuditRun,
@@ -28,9 +28,9 @@ from harness.report.audit import (
     row_words,
     settings_text,
 )
-from harness.report.browser import Chromium, find_chromium
-from harness.results import ScenarioResult
-from harness.runner.audit import (
+from celery_chaos.report.browser import Chromium, find_chromium
+from celery_chaos.results import ScenarioResult
+from celery_chaos.runner.audit import (
     ACKS_LATE,
     FAULTS,
     broker_of,
@@ -185,7 +185,7 @@ def audit(tmp: Path, *args: str, timeout: float = 600) -> tuple[subprocess.Compl
     """Run ``celery-chaos audit`` as a user would; return the process and the run dir."""
     reports = tmp / "reports"
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "audit", "--reports", str(reports), *args],
+        [sys.executable, "-m", "celery_chaos.cli", "audit", "--reports", str(reports), *args],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )
     runs = sorted(p.parent for p in reports.glob("*/audit.json"))

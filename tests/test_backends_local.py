@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.backends.local import _started
-from harness.errors import InfrastructureError
+from celery_chaos.backends.local import _started
+from celery_chaos.errors import InfrastructureError
 
 
 class FakeBroker:
@@ -42,7 +42,7 @@ def test_a_killed_child_of_a_stopped_parent_counts_as_exited() -> None:
     import subprocess
     import sys
 
-    from harness.backends.local import LocalBackend
+    from celery_chaos.backends.local import LocalBackend
 
     parent = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', "

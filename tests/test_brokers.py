@@ -11,9 +11,9 @@ import pytest
 from kombu import Connection, Exchange, Producer, Queue
 from kombu.message import Message
 
-from harness.deployment.brokers import UNACKED_KEY, Broker, RabbitMQServer, RedisServer
-from harness.deployment.processes import count_processes, free_port, wait_for
-from harness.errors import InfrastructureError
+from celery_chaos.deployment.brokers import UNACKED_KEY, Broker, RabbitMQServer, RedisServer
+from celery_chaos.deployment.processes import count_processes, free_port, wait_for
+from celery_chaos.errors import InfrastructureError
 
 CONFIRM = {"confirm_publish": True}
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from harness.checks.beat import (
+from celery_chaos.checks.beat import (
     BEAT_READY,
     BEAT_STARTED,
     BEAT_STOPPED,
@@ -30,13 +30,13 @@ from harness.checks.beat import (
     check_beat,
     next_due,
 )
-from harness.checks.verdict import Verdict, check_history
-from harness.deployment.beat import schedule_of
-from harness.history.schema import Kind, Record
-from harness.history.store import History
-from sample_app.app import create_app
+from celery_chaos.checks.verdict import Verdict, check_history
+from celery_chaos.deployment.beat import schedule_of
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import History
+from celery_chaos.sample_app.app import create_app
 
-TASK = "sample_app.tasks.generate_report"
+TASK = "celery_chaos.sample_app.tasks.generate_report"
 FAST = EntrySpec(name="fast-report", task=TASK, type="interval", run_every_s=2.0, args=[1])
 MORNING = EntrySpec(
     name="send-report-every-morning",
@@ -282,7 +282,7 @@ def test_unexecuted_and_twice_executed_ticks() -> None:
 
 def test_unscheduled_publish_fails() -> None:
     h = one_beat([FAST])
-    other = EntrySpec(name="x", task="sample_app.tasks.send_email", type="interval",
+    other = EntrySpec(name="x", task="celery_chaos.sample_app.tasks.send_email", type="interval",
                       run_every_s=5, args=[])
     h.fire(T0 + 5.5, other)
     res = h.check()

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.checks.hung import HungSummary, check_hung, no_hung_tasks, task_runs
-from harness.checks.queue import check_queue
-from harness.checks.verdict import Verdict, check_history
-from harness.history.schema import Kind, Record
-from harness.history.store import History
+from celery_chaos.checks.hung import HungSummary, check_hung, no_hung_tasks, task_runs
+from celery_chaos.checks.queue import check_queue
+from celery_chaos.checks.verdict import Verdict, check_history
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import History
 
 S = 1_000_000_000  # one second in ns
 MAIN, CHILD = 100, 101
@@ -25,7 +25,7 @@ def rec(kind: Kind, t: float, tid: str | None = None, **kw: Any) -> Record:
         fields = {"pid": 1, "host": "harness", "role": "harness"}
     fields.update(kw)
     if tid is not None:
-        fields.setdefault("task_name", "sample_app.chaos_tasks.hang")
+        fields.setdefault("task_name", "celery_chaos.sample_app.chaos_tasks.hang")
         fields.setdefault("worker_pid", MAIN)
     mono = round(t * S)  # int() would cut 2.05 s to 2049999999 ns
     return Record(kind=kind, wall_ns=mono, mono_ns=mono, task_id=tid, **fields)

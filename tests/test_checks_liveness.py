@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.checks.liveness import (
+from celery_chaos.checks.liveness import (
     PublishSummary,
     ResumeSummary,
     check_publish_bounded,
@@ -18,9 +18,9 @@ from harness.checks.liveness import (
     resume_consuming,
     resume_reports,
 )
-from harness.checks.verdict import Verdict, check_history
-from harness.history.schema import Kind, Record
-from harness.history.store import History
+from celery_chaos.checks.verdict import Verdict, check_history
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import History
 
 S = 1_000_000_000
 MAIN = 100
@@ -34,7 +34,7 @@ def rec(kind: Kind, t: float, tid: str | None = None, **kw: Any) -> Record:
         fields = dict(HARNESS)
     fields.update(kw)
     if tid is not None:
-        fields.setdefault("task_name", "sample_app.tasks.send_email")
+        fields.setdefault("task_name", "celery_chaos.sample_app.tasks.send_email")
     mono = int(t * S)
     return Record(kind=kind, wall_ns=mono, mono_ns=mono, task_id=tid, **fields)
 

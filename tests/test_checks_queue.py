@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from harness.checks import (
+from celery_chaos.checks import (
     InvariantResult,
     QueueCheckResult,
     Verdict,
@@ -23,10 +23,10 @@ from harness.checks import (
     recovery_time,
     task_latencies,
 )
-from harness.checks.hung import HungSummary
-from harness.history.schema import Kind, Record
-from harness.history.store import History, read_history
-from harness.results import ScenarioResult
+from celery_chaos.checks.hung import HungSummary
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import History, read_history
+from celery_chaos.results import ScenarioResult
 from tests.strategies import Planted, clean_histories, planted_histories
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.checks.retries import (
+from celery_chaos.checks.retries import (
     Backoff,
     Expected,
     Fixed,
@@ -17,13 +17,13 @@ from harness.checks.retries import (
     RetrySummary,
     check_retries,
 )
-from harness.checks.verdict import Verdict
-from harness.history.schema import Kind, Record
-from harness.history.store import History
+from celery_chaos.checks.verdict import Verdict
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import History
 
 S = 1_000_000_000
 WALL0 = 1_800_000_000 * S  # wall clock = WALL0 + mono in these histories
-TASK = "sample_app.tasks.fetch_url"
+TASK = "celery_chaos.sample_app.tasks.fetch_url"
 FIXED = RetryPolicy(TASK, Fixed(1.0), max_retries=3)
 
 

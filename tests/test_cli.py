@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.queue import QueueCheckResult
-from harness.checks.verdict import InvariantResult
-from harness.cli import main
-from harness.history.schema import Kind
-from harness.history.store import HistoryWriter
-from harness.results import new_run_dir
+from celery_chaos.checks.queue import QueueCheckResult
+from celery_chaos.checks.verdict import InvariantResult
+from celery_chaos.cli import main
+from celery_chaos.history.schema import Kind
+from celery_chaos.history.store import HistoryWriter
+from celery_chaos.results import new_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,8 @@ def test_analyze_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 )
 def test_bad_input_is_one_line_exit_2(argv: list[str]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", *argv], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "celery_chaos.cli", *argv], capture_output=True, text=True,
+        timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -86,7 +87,7 @@ def test_missing_broker_binary_is_one_line_exit_2(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "harness.cli",
+            "celery_chaos.cli",
             "run",
             str(tmp_path / "test_one.py"),
             "-q",
@@ -113,9 +114,9 @@ def test_missing_broker_binary_is_one_line_exit_2(tmp_path: Path) -> None:
 def _scenario(run: Path, bound_s: float) -> Path:
     """A scenario directory whose result.json declares a publish_bounded checker and expects
     it to flag the one publish that took 10 s."""
-    from harness.checks.liveness import publish_bounded
-    from harness.checks.verdict import spec_of
-    from harness.results import ScenarioResult
+    from celery_chaos.checks.liveness import publish_bounded
+    from celery_chaos.checks.verdict import spec_of
+    from celery_chaos.results import ScenarioResult
 
     sdir = run / "scenarios" / "slow_publish"
     hist = _history(sdir, lose=False)
@@ -203,7 +204,7 @@ def test_pytest_paths_never_takes_an_option_value_for_a_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], paths: list[str] | None
 ) -> None:
     """Option values that exist on disk (w.yaml, out/) are still option values."""
-    from harness.cli import pytest_paths
+    from celery_chaos.cli import pytest_paths
 
     (tmp_path / "w.yaml").write_text("[]\n")
     (tmp_path / "out").mkdir()
@@ -227,7 +228,7 @@ def _user_project(path: Path) -> Path:
 def _celery_chaos(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     """``celery-chaos ARGV`` as a user runs it: the console script, no PYTHONPATH."""
     script = Path(sys.executable).with_name("celery-chaos")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "harness.cli"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "celery_chaos.cli"]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CHAOS_REPORTS_DIR")}
     return subprocess.run(
         [*cmd, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
@@ -380,7 +381,7 @@ def test_analyze_never_says_valid_on_lines_it_skipped(
 def _interrupted(run: Path, *, spec: bool) -> Path:
     """A run killed by SIGKILL: a scenario's history (started, a task lost so far) and its
     ``spec.json`` (a negative control) when ``spec``, but no ``result.json``."""
-    from harness.runner.catalog import get
+    from celery_chaos.runner.catalog import get
 
     sdir = run / "scenarios" / "rabbitmq_early_ack_loses_tasks-main"
     hist = _history(sdir, lose=True)

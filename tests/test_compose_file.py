@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.backends.compose import (
+from celery_chaos.backends.compose import (
     ComposeSession,
     compose_command,
     free_ports,
@@ -22,9 +22,9 @@ from harness.backends.compose import (
     proxy_config,
     unsupported,
 )
-from harness.deployment.docker_engine import REPO, image_env, unavailable
-from harness.errors import InfrastructureError
-from harness.runner.catalog import specs
+from celery_chaos.deployment.docker_engine import REPO, image_env, unavailable
+from celery_chaos.errors import InfrastructureError
+from celery_chaos.runner.catalog import specs
 
 ROOT_FILE = REPO / "docker-compose.yml"
 DEMO_OVERRIDE = REPO / "docker-compose.override.yml"
@@ -180,7 +180,7 @@ def test_specs_the_compose_backend_cannot_run_say_why() -> None:
 
 
 def test_the_report_says_where_a_scenario_ran() -> None:
-    from harness.report.html import backend_words
+    from celery_chaos.report.html import backend_words
 
     assert backend_words({"backend": "local"}) == "local processes"
     assert backend_words({}) == "local processes"
@@ -194,7 +194,7 @@ def test_the_report_says_where_a_scenario_ran() -> None:
 def test_load_on_compose_without_an_engine_exits_2(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
     out = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "load", "--chaos-backend", "compose",
+        [sys.executable, "-m", "celery_chaos.cli", "load", "--chaos-backend", "compose",
          "--duration", "5s", "--reports", str(tmp_path)],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.deployment.docker_engine import client, unavailable
+from celery_chaos.deployment.docker_engine import client, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "rabbitmq_acks_late_survives_kill-main"

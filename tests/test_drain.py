@@ -7,9 +7,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from harness.deployment.drain import drain
-from harness.history.schema import Kind
-from harness.history.store import HistoryWriter
+from celery_chaos.deployment.drain import drain
+from celery_chaos.history.schema import Kind
+from celery_chaos.history.store import HistoryWriter
 
 
 def _empty() -> dict[str, tuple[int, int]]:

@@ -12,20 +12,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.cli import _schedule_spec
-from harness.errors import UsageError
-from harness.explore import search
-from harness.explore.search import MINIMAL_FILE, RESULT_FILE, Explorer
-from harness.explore.strategies import coherent, complexity, schedules, space_for
-from harness.load.workload import parse_workload
-from harness.results import ExploreRun, Verdict
-from harness.runner.app import AppUnderTest
-from harness.runner.catalog import get
-from harness.spec.model import ScenarioSpec
+from celery_chaos.cli import _schedule_spec
+from celery_chaos.errors import UsageError
+from celery_chaos.explore import search
+from celery_chaos.explore.search import MINIMAL_FILE, RESULT_FILE, Explorer
+from celery_chaos.explore.strategies import coherent, complexity, schedules, space_for
+from celery_chaos.load.workload import parse_workload
+from celery_chaos.results import ExploreRun, Verdict
+from celery_chaos.runner.app import AppUnderTest
+from celery_chaos.runner.catalog import get
+from celery_chaos.spec.model import ScenarioSpec
 
 BASE = get("rabbitmq_early_ack_loses_tasks-main")
-APP = AppUnderTest(spec="sample_app.app:app",
-                   workload=parse_workload([{"name": "sample_app.tasks.send_email"}]),
+APP = AppUnderTest(spec="celery_chaos.sample_app.app:app",
+                   workload=parse_workload([{"name": "celery_chaos.sample_app.tasks.send_email"}]),
                    queues=["default"])
 
 
@@ -177,7 +177,7 @@ def test_bad_options(tmp_path: Path) -> None:
 def test_bad_explore_input_is_one_line_exit_2(
     argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from harness.cli import main
+    from celery_chaos.cli import main
 
     out = tmp_path / "out"
     code = main(["explore", "--scenario", BASE.name, "--out", str(out), *argv])
@@ -189,7 +189,7 @@ def test_bad_explore_input_is_one_line_exit_2(
 def test_explore_never_overwrites_an_output_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from harness.cli import main
+    from celery_chaos.cli import main
 
     (tmp_path / "kept.txt").write_text("recorded by the user")
     assert main(["explore", "--scenario", BASE.name, "--out", str(tmp_path)]) == 2

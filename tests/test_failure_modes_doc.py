@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.runner.catalog import specs
-from harness.spec.model import ScenarioSpec
+from celery_chaos.runner.catalog import specs
+from celery_chaos.spec.model import ScenarioSpec
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "failure-modes.md"
 MODES = list(range(1, 48))

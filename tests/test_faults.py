@@ -14,11 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.backends.local import SharedBrokers
-from harness.history.schema import Kind
-from harness.load.workload import load_workload
-from harness.runner.app import AppUnderTest
-from harness.runner.scenario import Scenario
+from celery_chaos.backends.local import SharedBrokers
+from celery_chaos.history.schema import Kind
+from celery_chaos.load.workload import load_workload
+from celery_chaos.runner.app import AppUnderTest
+from celery_chaos.runner.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.deployment.drain import DrainState, outstanding_ids
-from harness.history.reader import HistoryTail
-from harness.history.schema import SCHEMA_VERSION, Kind, Record, SchemaVersionError
-from harness.history.store import History, HistoryWriter, encode_line, read_history
+from celery_chaos.deployment.drain import DrainState, outstanding_ids
+from celery_chaos.history.reader import HistoryTail
+from celery_chaos.history.schema import SCHEMA_VERSION, Kind, Record, SchemaVersionError
+from celery_chaos.history.store import History, HistoryWriter, encode_line, read_history
 
 
 def _same(tail: History, full: History) -> None:
@@ -327,7 +327,7 @@ def test_records_are_json_lines_of_the_writer(tmp_path: Path) -> None:
 def test_a_live_check_is_never_valid_with_unreadable_lines(tmp_path: Path) -> None:
     """``Scenario.check`` judges ``tail.history(include_partial=True)``: the same rule as
     ``celery-chaos analyze``, one place (``check_history``)."""
-    from harness.checks.verdict import HISTORY_COMPLETE, Verdict, check_history
+    from celery_chaos.checks.verdict import HISTORY_COMPLETE, Verdict, check_history
 
     pub = HistoryWriter(tmp_path, "publisher", "publisher")
     pub.write(Kind.INVOKE, task_id="a")

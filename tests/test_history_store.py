@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.history.schema import SCHEMA_VERSION, Kind, Record, SchemaVersionError
-from harness.history.store import HistoryWriter, parse_lines, read_history
+from celery_chaos.history.schema import SCHEMA_VERSION, Kind, Record, SchemaVersionError
+from celery_chaos.history.store import HistoryWriter, parse_lines, read_history
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -134,7 +134,7 @@ def test_writer_reopens_after_fork(tmp_path: Path) -> None:
 
 def test_a_line_that_is_not_a_json_object_counts_as_torn(tmp_path: Path) -> None:
     """Both readers (validated and raw) share one file reader and one rule for torn lines."""
-    from harness.history.store import read_raw
+    from celery_chaos.history.store import read_raw
 
     writer = HistoryWriter(tmp_path, "worker", "w1@chaos")
     writer.write(Kind.STARTED, task_id="t1", task_name="x")
@@ -149,7 +149,7 @@ def test_a_line_that_is_not_a_json_object_counts_as_torn(tmp_path: Path) -> None
 
 def test_decode_lines_splits_as_a_text_mode_read(tmp_path: Path) -> None:
     """The incremental reader decodes bytes itself: it must see the lines read_raw sees."""
-    from harness.history.store import decode_lines
+    from celery_chaos.history.store import decode_lines
 
     data = b'{"a": 1}\r\n\xff\xfeok\rnext\n\nlast \xe2\x82'
     path = tmp_path / "x.jsonl"
@@ -162,7 +162,7 @@ def test_decode_lines_splits_as_a_text_mode_read(tmp_path: Path) -> None:
 def test_a_bad_line_before_the_end_of_a_file_is_unreadable(tmp_path: Path) -> None:
     """Only a file's last line can be torn by a writer killed mid-write; a bad line with
     records after it is a line lost in the middle: unreadable, with its file and number."""
-    from harness.history.store import read_raw
+    from celery_chaos.history.store import read_raw
 
     writer = HistoryWriter(tmp_path, "worker", "w1@chaos")
     writer.write(Kind.STARTED, task_id="t1")
@@ -192,7 +192,7 @@ def test_a_bad_line_before_the_end_of_a_file_is_unreadable(tmp_path: Path) -> No
 
 
 def test_unreadable_places_are_capped(tmp_path: Path) -> None:
-    from harness.history.store import LINES_SHOWN
+    from celery_chaos.history.store import LINES_SHOWN
 
     path = tmp_path / "worker-w1-1.jsonl"
     path.write_text("junk\n" * (LINES_SHOWN + 5) + "last junk")

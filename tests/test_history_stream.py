@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.checks.hung import check_hung
-from harness.checks.queue import check_queue
-from harness.history import store
-from harness.history.schema import SCHEMA_VERSION, Kind, Record, SchemaVersionError
-from harness.history.store import History, LiteRecord, open_history, read_history
+from celery_chaos.checks.hung import check_hung
+from celery_chaos.checks.queue import check_queue
+from celery_chaos.history import store
+from celery_chaos.history.schema import SCHEMA_VERSION, Kind, Record, SchemaVersionError
+from celery_chaos.history.store import History, LiteRecord, open_history, read_history
 from tests.test_checks_hung import runs_and_truth
 
 FIELDS = LiteRecord.__struct_fields__
@@ -199,7 +199,7 @@ def _same_verdicts(directory: Path, checker: Any) -> None:
 
 
 def test_liveness_checkers_on_a_stream(tmp_path: Path) -> None:
-    from harness.checks.liveness import check_publish_bounded, check_resume_consuming
+    from celery_chaos.checks.liveness import check_publish_bounded, check_resume_consuming
     from tests.test_checks_liveness import drain, hist, partition, pub, ready, task, up
 
     h = hist(up(0), up(0, "w2@chaos"), ready(0, 0), *partition(1, 16), ready(2, 30),
@@ -211,8 +211,8 @@ def test_liveness_checkers_on_a_stream(tmp_path: Path) -> None:
 
 
 def test_retry_and_beat_checkers_on_a_stream(tmp_path: Path) -> None:
-    from harness.checks.beat import check_beat
-    from harness.checks.retries import Expected, check_retries
+    from celery_chaos.checks.beat import check_beat
+    from celery_chaos.checks.retries import Expected, check_retries
     from tests.test_checks_beat import FAST, one_beat
     from tests.test_checks_retries import FIXED, chain, hist
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from kombu.exceptions import EncodeError, OperationalError
 
-from harness.deployment.brokers import RedisServer
-from harness.history.schema import Kind
-from harness.history.store import read_history
-from harness.load.publisher import classify_publish_error
+from celery_chaos.deployment.brokers import RedisServer
+from celery_chaos.history.schema import Kind
+from celery_chaos.history.store import read_history
+from celery_chaos.load.publisher import classify_publish_error
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ def test_publish_outcome_classification(exc: BaseException, kind: Kind) -> None:
         ("tests.userapp.app:app", "tests/userapp/workload.yaml", {}),
         # The README's example: the sample workload's placeholders come from the environment.
         (
-            "sample_app.app:app",
+            "celery_chaos.sample_app.app:app",
             "sample_app/workload.yaml",
             {
                 "CHAOS_HTTP_BASE": "http://127.0.0.1:9",

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from harness.deployment.brokers import RedisServer
-from harness.errors import UsageError
-from harness.faults.schedule import ScheduleRun, Trigger
-from harness.faults.vocabulary import (
+from celery_chaos.deployment.brokers import RedisServer
+from celery_chaos.errors import UsageError
+from celery_chaos.faults.schedule import ScheduleRun, Trigger
+from celery_chaos.faults.vocabulary import (
     CrashBroker,
     KillPoolChild,
     KillWorker,
@@ -30,9 +30,9 @@ from harness.faults.vocabulary import (
     StopBroker,
     StopConsuming,
 )
-from harness.history.store import HistoryWriter
-from harness.results import RunVerdict, ScenarioResult
-from harness.runner.loadtest import (
+from celery_chaos.history.store import HistoryWriter
+from celery_chaos.results import RunVerdict, ScenarioResult
+from celery_chaos.runner.loadtest import (
     add_arguments,
     parse_duration,
     parse_fault,
@@ -40,14 +40,14 @@ from harness.runner.loadtest import (
     scenario_spec,
     validate,
 )
-from harness.spec.model import ScenarioSpec, load_spec
+from celery_chaos.spec.model import ScenarioSpec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cli(*argv: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", "load", *argv],
+        [sys.executable, "-m", "celery_chaos.cli", "load", *argv],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -214,7 +214,8 @@ def test_local_load_with_a_fault_and_two_locust_processes(tmp_path: Path) -> Non
     assert verdict["kind"] == "load" and verdict["verdict"] == "valid"
     spec = load_spec(run_dir / "scenarios" / "load" / "spec.json")  # for celery-chaos replay
     assert [s.do for s in spec.schedule.steps] == [KillPoolChild(worker="w1")]
-    assert spec.load is not None and spec.load.rate == 16 and spec.app == "sample_app.app:app"
+    assert spec.load is not None and spec.load.rate == 16
+    assert spec.app == "celery_chaos.sample_app.app:app"
     assert verdict["command"].startswith("celery-chaos load --users 4")
     (scenario,) = verdict["scenarios"]
     assert scenario["faults"] == ["kill_pool_child"]
@@ -233,7 +234,8 @@ def test_local_load_with_a_fault_and_two_locust_processes(tmp_path: Path) -> Non
 def test_existing_deployment_is_publish_only(tmp_path: Path) -> None:
     workload = tmp_path / "workload.yaml"
     workload.write_text(
-        "- name: sample_app.tasks.generate_report\n  args: [1]\n  queue: reports\n  weight: 1\n"
+        "- name: celery_chaos.sample_app.tasks.generate_report\n"
+        "  args: [1]\n  queue: reports\n  weight: 1\n"
     )
     redis = RedisServer(tmp_path / "redis")
     redis.start()
@@ -266,7 +268,7 @@ def test_existing_deployment_is_publish_only(tmp_path: Path) -> None:
 def test_master_with_a_worker_started_from_the_printed_script(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     master = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "load", "--users", "2", "--duration", "4s",
+        [sys.executable, "-m", "celery_chaos.cli", "load", "--users", "2", "--duration", "4s",
          "--rate", "10", "--broker", "redis", "--workers", "1", "--master",
          "--expect-workers", "1", "--reports", str(reports)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -300,7 +302,7 @@ def test_master_with_a_worker_started_from_the_printed_script(tmp_path: Path) ->
 def test_a_drain_that_ran_out_says_why_and_what_to_change(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from harness.runner.loadtest import drain_advice
+    from celery_chaos.runner.loadtest import drain_advice
 
     def result(drain: str, pending: int, completed: int) -> SimpleNamespace:
         queue = SimpleNamespace(drain=drain, pending=[f"t{i}" for i in range(pending)],

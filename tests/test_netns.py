@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.liveness import is_network_fault
-from harness.deployment.netns import SUBNET, Cut, Topology, netns_unavailable
-from harness.deployment.processes import ManagedProcess, wait_for
-from harness.errors import InfrastructureError
-from harness.faults.context import Window
-from harness.faults.schedule import close_window, open_window
-from harness.faults.vocabulary import parse_op
-from harness.history.schema import Kind
-from harness.history.store import HistoryWriter, read_history
-from harness.spec.model import DeploymentSpec
+from celery_chaos.checks.liveness import is_network_fault
+from celery_chaos.deployment.netns import SUBNET, Cut, Topology, netns_unavailable
+from celery_chaos.deployment.processes import ManagedProcess, wait_for
+from celery_chaos.errors import InfrastructureError
+from celery_chaos.faults.context import Window
+from celery_chaos.faults.schedule import close_window, open_window
+from celery_chaos.faults.vocabulary import parse_op
+from celery_chaos.history.schema import Kind
+from celery_chaos.history.store import HistoryWriter, read_history
+from celery_chaos.spec.model import DeploymentSpec
 
 needs_netns = pytest.mark.skipif(bool(netns_unavailable()), reason=str(netns_unavailable()))
 
@@ -184,8 +184,8 @@ def test_spec_rules() -> None:
 RUNNER = textwrap.dedent('''
     import os, signal, sys, threading, time
     from pathlib import Path
-    from harness.deployment.processes import ManagedProcess
-    from harness.spec.model import DeploymentSpec
+    from celery_chaos.deployment.processes import ManagedProcess
+    from celery_chaos.spec.model import DeploymentSpec
 
     SPEC = DeploymentSpec(broker="redis", network="netns", workers=1)
 
@@ -250,7 +250,7 @@ def test_nothing_left_behind(tmp_path: Path, case: str) -> None:
 def test_why_unavailable_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a machine without the tools, or a user without root, is told (the skip reason of
     every packet scenario)."""
-    import harness.deployment.netns as netns
+    import celery_chaos.deployment.netns as netns
 
     monkeypatch.setattr(netns, "_tool", lambda name: name if name == "iptables" else "/x")
     assert netns.netns_unavailable() == (

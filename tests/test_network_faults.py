@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import redis
 
-from harness.deployment.brokers import RedisServer
-from harness.deployment.links import LinkProxies, host_port, with_host_port
-from harness.errors import InfrastructureError
-from harness.history.schema import Kind
-from harness.history.store import HistoryWriter, read_history
-from harness.runner.scenario import NetApi
+from celery_chaos.deployment.brokers import RedisServer
+from celery_chaos.deployment.links import LinkProxies, host_port, with_host_port
+from celery_chaos.errors import InfrastructureError
+from celery_chaos.history.schema import Kind
+from celery_chaos.history.store import HistoryWriter, read_history
+from celery_chaos.runner.scenario import NetApi
 
 
 def test_url_rewriting_keeps_credentials_and_path() -> None:

@@ -13,15 +13,15 @@ from kombu import Connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from harness.backends.local import LocalBackend, SharedBrokers
-from harness.checks.liveness import ResumeSummary, check_resume_consuming, is_connection_fault
-from harness.checks.verdict import Verdict
-from harness.deployment.brokers import RedisServer
-from harness.faults.schedule import Schedule, ScheduleRun
-from harness.faults.vocabulary import PauseBroker, parse_op
-from harness.history.reader import HistoryTail
-from harness.history.schema import Kind, Record
-from harness.history.store import History, HistoryWriter
+from celery_chaos.backends.local import LocalBackend, SharedBrokers
+from celery_chaos.checks.liveness import ResumeSummary, check_resume_consuming, is_connection_fault
+from celery_chaos.checks.verdict import Verdict
+from celery_chaos.deployment.brokers import RedisServer
+from celery_chaos.faults.schedule import Schedule, ScheduleRun
+from celery_chaos.faults.vocabulary import PauseBroker, parse_op
+from celery_chaos.history.reader import HistoryTail
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import History, HistoryWriter
 from tests.test_checks_liveness import drain, ready, rec, task, up
 
 

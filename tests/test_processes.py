@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.deployment.processes import (
+from celery_chaos.deployment.processes import (
     RUN_ID,
     ManagedProcess,
     check_port_free,
@@ -25,7 +25,7 @@ from harness.deployment.processes import (
     registered,
     wait_for,
 )
-from harness.errors import InfrastructureError
+from celery_chaos.errors import InfrastructureError
 from tests import restore_sigint
 
 # A shell that leaves two grandchildren: one in its process group, one double-forked into a new
@@ -149,8 +149,8 @@ CHILD = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from harness.deployment import processes
-    from harness.deployment.brokers import RabbitMQServer, RedisServer
+    from celery_chaos.deployment import processes
+    from celery_chaos.deployment.brokers import RabbitMQServer, RedisServer
 
     run_dir = Path(sys.argv[1])
     RedisServer(run_dir, persistence="aof-always").start()

@@ -5,17 +5,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from harness.history.reader import HistoryTail
-from harness.history.schema import Kind
-from harness.history.store import HistoryWriter
-from harness.runner.progress import Progress
+from celery_chaos.history.reader import HistoryTail
+from celery_chaos.history.schema import Kind
+from celery_chaos.history.store import HistoryWriter
+from celery_chaos.runner.progress import Progress
 
 
 def test_a_line_says_the_phase_the_figures_and_the_open_faults(tmp_path: Path) -> None:
     pub = HistoryWriter(tmp_path, "publisher", "publisher")
     worker = HistoryWriter(tmp_path, "worker", "w1@chaos")
     harness = HistoryWriter(tmp_path, "harness", "harness")
-    name = "sample_app.chaos_tasks.nap"
+    name = "celery_chaos.sample_app.chaos_tasks.nap"
     for i in range(3):
         pub.write(Kind.INVOKE, task_id=f"t{i}", task_name=name)
         pub.write(Kind.OK, task_id=f"t{i}", task_name=name)

@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.verdict import InvariantResult, Verdict
-from harness.report.html import write_index, write_site
-from harness.report.locust_stats import read_locust
-from harness.report.matrix import build_matrix, dump_matrix, load_runs
-from harness.report.synthetic import HOSTILE, SyntheticSpec, make_run, write_history
-from harness.report.timeline import (
+from celery_chaos.checks.verdict import InvariantResult, Verdict
+from celery_chaos.report.html import write_index, write_site
+from celery_chaos.report.locust_stats import read_locust
+from celery_chaos.report.matrix import build_matrix, dump_matrix, load_runs
+from celery_chaos.report.synthetic import HOSTILE, SyntheticSpec, make_run, write_history
+from celery_chaos.report.timeline import (
     FaultWindow,
     build_timeline,
     fault_scope,
     percentile,
     read_records,
 )
-from harness.results import RunVerdict, ScenarioResult
+from celery_chaos.results import RunVerdict, ScenarioResult
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def test_hostile_task_text_is_inert(run: tuple[Path, RunVerdict]) -> None:
     assert "<script>window.__pwned" not in html
     assert "&lt;script&gt;window.__pwned" in html  # shown, as text, in args and exc_message
     assert html.count("bad input &lt;script&gt;") >= 1  # exception message
-    assert "(sample_app.tasks.&lt;script&gt;window.__pwned" in html  # task name
+    assert "(celery_chaos.sample_app.tasks.&lt;script&gt;window.__pwned" in html  # task name
     # Chart JSON and the fault data never carry a raw "<" that could close the script.
     for block in re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', html, re.S):
         assert "<" not in block
@@ -162,7 +162,7 @@ def test_runs_index_newest_first_and_matrix(tmp_path: Path) -> None:
 def test_runs_index_lists_interrupted_runs(tmp_path: Path) -> None:
     """A run killed by SIGKILL leaves scenarios and no verdict.json: listed as interrupted,
     never left out (nor in the matrix, which needs verdicts)."""
-    from harness.report.html import interrupted_runs
+    from celery_chaos.report.html import interrupted_runs
 
     done, _ = make_run(tmp_path, {"a": SyntheticSpec(acks_late=True)})
     killed = tmp_path / "20300101T000000Z-dead01"
@@ -233,7 +233,7 @@ def test_which_tasks_a_fault_can_touch(name: str, target: str, scope: object) ->
 
 
 def test_matrix_rows_keep_configurations_apart() -> None:
-    from harness.report.matrix import RunSummary, build_matrix
+    from celery_chaos.report.matrix import RunSummary, build_matrix
 
     def scenario(name: str, verdict: str, settings: dict, pool: str = "prefork") -> ScenarioResult:
         return ScenarioResult(
@@ -265,7 +265,7 @@ def test_matrix_rows_keep_configurations_apart() -> None:
 def test_the_two_fault_models_sit_side_by_side_in_one_row() -> None:
     """A configuration cut through the proxy and packet by packet: one row, two neighbouring
     columns (what each fault model does to the same settings)."""
-    from harness.report.matrix import RunSummary, build_matrix, fault_label
+    from celery_chaos.report.matrix import RunSummary, build_matrix, fault_label
 
     settings = {"task_acks_late": True, "broker_transport_options": {"visibility_timeout": 6}}
 
@@ -315,9 +315,9 @@ def test_ids_named_by_another_invariant_get_their_history(tmp_path: Path) -> Non
 
 def _duplicated_scenario(name: str, exactly_once: bool, vt: int) -> ScenarioResult:
     """A Redis scenario whose one task completed twice (a redelivery), judged for real."""
-    from harness.checks.verdict import check_history
-    from harness.history.schema import Kind, Record
-    from harness.history.store import History
+    from celery_chaos.checks.verdict import check_history
+    from celery_chaos.history.schema import Kind, Record
+    from celery_chaos.history.store import History
 
     tid = "0f0e0d0c-0000-4000-8000-000000000001"
     mono = iter(range(1_000, 10**9, 1_000))
@@ -370,8 +370,8 @@ def test_duplicates_are_a_violation_when_exactly_once_is_required(tmp_path: Path
 
 
 def test_a_pass_on_a_fault_that_reached_one_task_is_flagged_as_weak() -> None:
-    from harness.report.html import reach_warning, settings_words
-    from harness.report.timeline import FaultWindow
+    from celery_chaos.report.html import reach_warning, settings_words
+    from celery_chaos.report.timeline import FaultWindow
 
     def result(verdict: str) -> ScenarioResult:
         return ScenarioResult(name="s", broker="redis", verdict=Verdict(verdict), expect=verdict,
@@ -394,7 +394,7 @@ def test_a_pass_on_a_fault_that_reached_one_task_is_flagged_as_weak() -> None:
     assert "pool child killed (OOM) on w1@chaos reached 0 tasks" in reach_warning(
         result("valid"), [child])
     assert settings_words({}) == "nothing beyond the app's own configuration"
-    from harness.report.html import detail_words
+    from celery_chaos.report.html import detail_words
 
     assert detail_words({"pid": 27585, "worker": "w1@chaos", "_cut": object(),
                          "links": ["w1-broker", "w2-broker"]}) == (

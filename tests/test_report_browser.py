@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.report.browser import Chromium, find_chromium
-from harness.report.synthetic import SyntheticSpec, make_run
+from celery_chaos.report.browser import Chromium, find_chromium
+from celery_chaos.report.synthetic import SyntheticSpec, make_run
 
 # In CI the set-up installs Chromium, so a missing one there is a failure, not a skip.
 pytestmark = pytest.mark.skipif(

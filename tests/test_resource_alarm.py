@@ -11,17 +11,17 @@ import pytest
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from harness.backends.base import BackendError
-from harness.backends.local import LocalBackend, SharedBrokers, rabbitmq_server
-from harness.deployment.brokers import RabbitMQServer
-from harness.errors import UsageError
-from harness.faults.schedule import Schedule, ScheduleRun
-from harness.faults.vocabulary import ResourceAlarm, parse_op
-from harness.history.reader import HistoryTail
-from harness.history.schema import Kind, Record
-from harness.history.store import HistoryWriter
-from harness.report.matrix import fault_label
-from harness.runner.loadtest import parse_fault
+from celery_chaos.backends.base import BackendError
+from celery_chaos.backends.local import LocalBackend, SharedBrokers, rabbitmq_server
+from celery_chaos.deployment.brokers import RabbitMQServer
+from celery_chaos.errors import UsageError
+from celery_chaos.faults.schedule import Schedule, ScheduleRun
+from celery_chaos.faults.vocabulary import ResourceAlarm, parse_op
+from celery_chaos.history.reader import HistoryTail
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import HistoryWriter
+from celery_chaos.report.matrix import fault_label
+from celery_chaos.runner.loadtest import parse_fault
 
 
 class AlarmDeployment:

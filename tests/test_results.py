@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.verdict import Verdict
-from harness.results import Expect, ScenarioResult, exit_code_for, exit_code_of
+from celery_chaos.checks.verdict import Verdict
+from celery_chaos.results import Expect, ScenarioResult, exit_code_for, exit_code_of
 
 OK, BAD, NONE = Verdict.VALID, Verdict.INVALID, Verdict.UNKNOWN
 
@@ -50,7 +50,7 @@ def test_scenario_results() -> None:
 
 
 def test_the_last_line_says_what_happened_and_where_the_report_is(tmp_path: Path) -> None:
-    from harness.results import run_summary_line
+    from celery_chaos.results import run_summary_line
 
     def r(name: str, verdict: str, expect: str, **kw: object) -> ScenarioResult:
         return ScenarioResult(name=name, verdict=Verdict(verdict), expect=expect,  # type: ignore[arg-type]

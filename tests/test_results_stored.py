@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.checks.registry import rebuild
-from harness.checks.results import (
+from celery_chaos.checks.registry import rebuild
+from celery_chaos.checks.results import (
     RESULT_STATES,
     ResultsSummary,
     check_results_stored,
@@ -13,9 +13,9 @@ from harness.checks.results import (
     results_stored,
     task_ids,
 )
-from harness.checks.verdict import Verdict, spec_of
-from harness.history.schema import Kind, Record
-from harness.history.store import History
+from celery_chaos.checks.verdict import Verdict, spec_of
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import History
 from tests.test_checks_liveness import rec, task
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UsageError
-from harness.load.workload import Workload, load_workload
-from harness.runner.app import SAMPLE_APP, SAMPLE_WORKLOAD, AppUnderTest, close_tasks
+from celery_chaos.errors import UsageError
+from celery_chaos.load.workload import Workload, load_workload
+from celery_chaos.runner.app import SAMPLE_APP, SAMPLE_WORKLOAD, AppUnderTest, close_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,8 +24,8 @@ def _workload(*names: str) -> Workload:
 def test_the_sample_app_and_the_user_app_register_their_workloads() -> None:
     sample = AppUnderTest.resolve(SAMPLE_APP, load_workload(SAMPLE_WORKLOAD))
     assert sample.queues == ["emails", "reports", "fetch", "default"]
-    # sample_app.chaos_tasks is only in the app's `include`: imported as a worker imports it
-    AppUnderTest.resolve(SAMPLE_APP, _workload("sample_app.chaos_tasks.nap"))
+    # the sample app's chaos_tasks are only in the app's `include`: imported as a worker does
+    AppUnderTest.resolve(SAMPLE_APP, _workload("celery_chaos.sample_app.chaos_tasks.nap"))
     user = AppUnderTest.resolve(
         "tests.userapp.app:app", load_workload(ROOT / "tests" / "userapp" / "workload.yaml")
     )
@@ -79,10 +79,11 @@ def test_a_task_module_that_fails_to_import_is_one_line(
 @pytest.mark.parametrize(
     ("names", "says"),
     [
-        (["sample_app.tasks.send_emails"],
-         "task 'sample_app.tasks.send_emails' (did you mean sample_app.tasks.send_email?)"),
-        (["sample_app.tasks.send_email", "generate_report"],
-         "task 'generate_report' (did you mean sample_app.tasks.generate_report?)"),
+        (["celery_chaos.sample_app.tasks.send_emails"],
+         "task 'celery_chaos.sample_app.tasks.send_emails' "
+         "(did you mean celery_chaos.sample_app.tasks.send_email?)"),
+        (["celery_chaos.sample_app.tasks.send_email", "generate_report"],
+         "task 'generate_report' (did you mean celery_chaos.sample_app.tasks.generate_report?)"),
         (["nothing.like.it"], "(it registers "),  # no close match: what it registers
     ],
 )
@@ -103,7 +104,7 @@ def test_close_tasks_match_the_whole_name_or_its_last_part() -> None:
 
 def _cli(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *argv], cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-m", "celery_chaos.cli", *argv], cwd=cwd, capture_output=True, text=True,
         timeout=120,
     )
 
@@ -111,13 +112,15 @@ def _cli(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 def test_load_and_run_refuse_an_unknown_task_before_anything_starts(tmp_path: Path) -> None:
     """``celery-chaos load`` and the pytest plugin's session set-up: exit 2 in seconds, one
     line naming the task, no run directory."""
-    (tmp_path / "w.yaml").write_text("- name: sample_app.tasks.send_emails\n  args: [a]\n")
+    (tmp_path / "w.yaml").write_text(
+        "- name: celery_chaos.sample_app.tasks.send_emails\n  args: [a]\n")
     reports = tmp_path / "reports"
     load = _cli(tmp_path, "load", "--workload", "w.yaml", "--duration", "5s", "--reports",
                 str(reports))
     assert load.returncode == 2, load.stdout + load.stderr
     (line,) = load.stderr.strip().splitlines()
-    assert "'sample_app.tasks.send_emails' (did you mean sample_app.tasks.send_email?)" in line
+    assert ("'celery_chaos.sample_app.tasks.send_emails' "
+            "(did you mean celery_chaos.sample_app.tasks.send_email?)") in line
     run = _cli(tmp_path, "run", "--chaos-workload", "w.yaml", "-k", "early_ack_loses_tasks-main",
                "--chaos-reports", str(reports), "-p", "no:cacheprovider", "-q")
     out = run.stdout + run.stderr

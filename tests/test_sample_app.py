@@ -20,10 +20,10 @@ from celery.schedules import crontab
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.deployment.sinks import FlakyHttpServer, SmtpSink, seed_reports_db
-from sample_app.app import app as module_app
-from sample_app.app import create_app
-from sample_app.config import (
+from celery_chaos.deployment.sinks import FlakyHttpServer, SmtpSink, seed_reports_db
+from celery_chaos.sample_app.app import app as module_app
+from celery_chaos.sample_app.app import create_app
+from celery_chaos.sample_app.config import (
     ENV_VARS,
     FETCH_URL,
     GENERATE_REPORT,

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from harness.errors import InfrastructureError
-from harness.faults.schedule import Schedule, ScheduleRun
-from harness.history.reader import HistoryTail
-from harness.history.schema import Kind, Record
-from harness.history.store import HistoryWriter
+from celery_chaos.errors import InfrastructureError
+from celery_chaos.faults.schedule import Schedule, ScheduleRun
+from celery_chaos.history.reader import HistoryTail
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import HistoryWriter
 
 
 class FakeDeployment:
@@ -166,9 +166,9 @@ class _StubbornWorker(FakeDeployment):
 
 def test_terminate_worker_sigkills_only_after_the_grace(tmp_path: Path) -> None:
     """``terminate_worker``: SIGTERM, then SIGKILL once ``grace_s`` has run out, recorded."""
-    from harness.faults.context import Window
-    from harness.faults.vocabulary import parse_op
-    from harness.runner.loadtest import parse_fault
+    from celery_chaos.faults.context import Window
+    from celery_chaos.faults.vocabulary import parse_op
+    from celery_chaos.runner.loadtest import parse_fault
 
     op = parse_op({"op": "terminate_worker", "worker": "w1", "grace_s": 0.2})
     quick = FakeDeployment(tmp_path / "quick")

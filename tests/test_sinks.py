@@ -1,4 +1,4 @@
-"""Unit tests of the local services in harness.deployment.sinks (no broker needed)."""
+"""Unit tests of the local services in celery_chaos.deployment.sinks (no broker needed)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness.deployment.sinks import FlakyHttpServer, SmtpSink, seed_reports_db
+from celery_chaos.deployment.sinks import FlakyHttpServer, SmtpSink, seed_reports_db
 
 
 def _port_is_free(port: int) -> bool:
@@ -226,7 +226,7 @@ def test_services_in_a_process_of_their_own(tmp_path: Path) -> None:
     import urllib.error
     import urllib.request
 
-    from harness.deployment.services import ServicesProcess
+    from celery_chaos.deployment.services import ServicesProcess
 
     services = ServicesProcess(tmp_path / "services").start()
     try:

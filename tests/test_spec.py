@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UsageError
-from harness.faults.vocabulary import fault_names, parse_op, registry
-from harness.runner.catalog import families, specs
-from harness.spec.model import load_spec, parse_spec
+from celery_chaos.errors import UsageError
+from celery_chaos.faults.vocabulary import fault_names, parse_op, registry
+from celery_chaos.runner.catalog import families, specs
+from celery_chaos.spec.model import load_spec, parse_spec
 
 BASE = {"name": "s", "deployment": {"workers": 2}, "load": {"tasks": 10, "rate": 5}}
 

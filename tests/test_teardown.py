@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.deployment.processes import RUN_ENV, count_processes, find_processes, kill_marked
+from celery_chaos.deployment.processes import RUN_ENV, count_processes, find_processes, kill_marked
 from tests import restore_sigint
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ def test_worker_kill_scenarios_run_on_a_user_app(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "harness.cli",
+        "celery_chaos.cli",
         "run",
         str(ROOT / "scenarios" / "test_worker_kill.py"),
         "-k",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UsageError
-from harness.load.workload import load_workload, parse_workload
+from celery_chaos.errors import UsageError
+from celery_chaos.load.workload import load_workload, parse_workload
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_app" / "workload.yaml"
 

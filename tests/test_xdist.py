@@ -67,7 +67,7 @@ def test_unit_tests_alone_leave_no_run_directory(tmp_path: Path) -> None:
 
 
 INFRA = """
-from harness.errors import InfrastructureError
+from celery_chaos.errors import InfrastructureError
 
 
 def test_infra(chaos):

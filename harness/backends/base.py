@@ -1,10 +1,10 @@
 """The backend seam: what a deployment backend provides to the runner.
 
-:class:`~harness.backends.local.LocalBackend` (private processes on this machine) is the
-first kind; :class:`~harness.backends.compose.ComposeBackend` runs the same on containers of
+:class:`~celery_chaos.backends.local.LocalBackend` (private processes on this machine) is the
+first kind; :class:`~celery_chaos.backends.compose.ComposeBackend` runs the same on containers of
 a docker-compose deployment. The
-runner's :class:`~harness.runner.scenario.Scenario` builds the fault interface
-(:class:`harness.faults.context.Deployment`) on top of a backend, so faults never see one.
+runner's :class:`~celery_chaos.runner.scenario.Scenario` builds the fault interface
+(:class:`celery_chaos.faults.context.Deployment`) on top of a backend, so faults never see one.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.errors import InfrastructureError
+from celery_chaos.errors import InfrastructureError
 
 
 class BackendError(InfrastructureError):

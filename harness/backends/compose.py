@@ -42,16 +42,16 @@ import psutil
 import requests
 import yaml
 
-from harness.backends.base import BackendError
-from harness.backends.local import LocalBackend, in_parallel
-from harness.deployment.brokers import PERSISTENCE_ARGS, RabbitMQServer, RedisServer
-from harness.deployment.docker_engine import REPO, client
-from harness.deployment.links import LinkProxies
-from harness.deployment.processes import free_port, wait_for
-from harness.deployment.workers import APP_TARGET, Beat, Worker
-from harness.errors import InfrastructureError
-from harness.history.store import history_file
-from harness.results import safe_name
+from celery_chaos.backends.base import BackendError
+from celery_chaos.backends.local import LocalBackend, in_parallel
+from celery_chaos.deployment.brokers import PERSISTENCE_ARGS, RabbitMQServer, RedisServer
+from celery_chaos.deployment.docker_engine import REPO, client
+from celery_chaos.deployment.links import LinkProxies
+from celery_chaos.deployment.processes import free_port, wait_for
+from celery_chaos.deployment.workers import APP_TARGET, Beat, Worker
+from celery_chaos.errors import InfrastructureError
+from celery_chaos.history.store import history_file
+from celery_chaos.results import safe_name
 
 #: The compose file a session runs (``--chaos-compose-file``; default: the repository's).
 COMPOSE_FILE_ENV = "CHAOS_COMPOSE_FILE"
@@ -102,8 +102,8 @@ def host_override(ports: dict[str, int], history_dir: Path, proxy_config: Path) 
     app = {**host, "pid": "host", "volumes": [f"{history_dir}:/history"]}
     locust_env = {**app_env, "CHAOS_HTTP_BASE": f"http://{LOOPBACK}:{p['http']}",
                   "CHAOS_SMTP_HOST": LOOPBACK, "CHAOS_SMTP_PORT": str(p["smtp"])}
-    locust_file = "/opt/venv/lib/python3.11/site-packages/harness/load/locustfile.py"
-    workload = "/opt/venv/lib/python3.11/site-packages/sample_app/workload.yaml"
+    locust_file = "/opt/venv/lib/python3.11/site-packages/celery_chaos/load/locustfile.py"
+    workload = "/opt/venv/lib/python3.11/site-packages/celery_chaos/sample_app/workload.yaml"
     return {"services": {
         "rabbitmq": {**host, "environment": {
             "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
@@ -125,7 +125,7 @@ def host_override(ports: dict[str, int], history_dir: Path, proxy_config: Path) 
             # where /toxiproxy-cli (the health check) finds the API
             "environment": {"TOXIPROXY_URL": f"http://{LOOPBACK}:{p['toxiproxy']}"}},
         "sinks": {**app, "command": [
-            "python", "-m", "harness.deployment.services", "--host", LOOPBACK,
+            "python", "-m", "celery_chaos.deployment.services", "--host", LOOPBACK,
             "--smtp-port", str(p["smtp"]), "--http-port", str(p["http"]),
             "--smtp-record", "/history/smtp.jsonl", "--ready", "/tmp/ready.json",
         ]},
@@ -426,7 +426,7 @@ class ContainerRedis(RedisServer):
 
 class ComposeSession:
     """The compose project of one session (one per xdist worker): the broker services,
-    started on first use, like :class:`~harness.backends.local.SharedBrokers`."""
+    started on first use, like :class:`~celery_chaos.backends.local.SharedBrokers`."""
 
     kind = "compose"
 
@@ -465,7 +465,7 @@ class ComposeSession:
             except docker.errors.ImageNotFound:
                 raise InfrastructureError(
                     f"image {image} (service {service}) is not on the Docker engine: build or "
-                    "pull it (`python -m harness.deployment.docker_engine run` builds the "
+                    "pull it (`python -m celery_chaos.deployment.docker_engine run` builds the "
                     "defaults)") from None
 
     def _timed(self, start: Any) -> Any:

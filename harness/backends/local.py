@@ -6,7 +6,7 @@ Redis for result backends. The harness's own services (an SMTP sink, a flaky HTT
 the sample app's SQLite database) and, for network faults, a proxy per link, run beside them.
 
 With a packet-level network (``start_network``), the scenario's broker (and, for RabbitMQ,
-a Redis for results) runs in the hub namespace of a :class:`~harness.deployment.netns.Topology`
+a Redis for results) runs in the hub namespace of a :class:`~celery_chaos.deployment.netns.Topology`
 and every worker and the load's publisher in a namespace of its own; the harness reaches the
 broker through a loopback relay. The sample app's SMTP sink and HTTP server stay on the
 root namespace's loopback, out of the namespaces' reach: scenarios there use tasks that need
@@ -29,16 +29,16 @@ from typing import Any
 import psutil
 from celery import Celery
 
-from harness.backends.base import BackendError
-from harness.deployment.brokers import RabbitMQServer, RedisServer
-from harness.deployment.links import LinkProxies
-from harness.deployment.netns import HUB, Cut, Topology
-from harness.deployment.processes import free_port, wait_for
-from harness.deployment.services import RemoteHttp, RemoteSmtp, ServicesProcess
-from harness.deployment.sinks import seed_reports_db
-from harness.deployment.workers import Beat, Worker
-from harness.errors import InfrastructureError
-from harness.results import safe_name
+from celery_chaos.backends.base import BackendError
+from celery_chaos.deployment.brokers import RabbitMQServer, RedisServer
+from celery_chaos.deployment.links import LinkProxies
+from celery_chaos.deployment.netns import HUB, Cut, Topology
+from celery_chaos.deployment.processes import free_port, wait_for
+from celery_chaos.deployment.services import RemoteHttp, RemoteSmtp, ServicesProcess
+from celery_chaos.deployment.sinks import seed_reports_db
+from celery_chaos.deployment.workers import Beat, Worker
+from celery_chaos.errors import InfrastructureError
+from celery_chaos.results import safe_name
 
 #: Where to find the broker binaries when they are not where the Debian packages put them.
 RABBITMQ_BIN_ENV = "CHAOS_RABBITMQ_BIN_DIR"

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from harness.runner.catalog import specs
-from harness.spec.model import ScenarioSpec, load_spec
+from celery_chaos.runner.catalog import specs
+from celery_chaos.spec.model import ScenarioSpec, load_spec
 
 SPEC_FILE_OPTION = "chaos_spec_file"
 

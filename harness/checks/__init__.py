@@ -1,6 +1,6 @@
 """Checks stage of the harness: pure functions from a history to verdicts."""
 
-from harness.checks.queue import (
+from celery_chaos.checks.queue import (
     QueueCheckResult,
     QueueCounts,
     RecoveryTime,
@@ -8,7 +8,7 @@ from harness.checks.queue import (
     recovery_time,
     task_latencies,
 )
-from harness.checks.verdict import InvariantResult, Verdict, check_history, overall
+from celery_chaos.checks.verdict import InvariantResult, Verdict, check_history, overall
 
 __all__ = [
     "InvariantResult",

@@ -26,10 +26,10 @@ from zoneinfo import ZoneInfo
 from celery.schedules import BaseSchedule, crontab, schedule
 from pydantic import BaseModel, Field
 
-from harness.checks.verdict import Checker, InvariantResult, Verdict, with_spec
-from harness.history.recorder import short_repr
-from harness.history.schema import Kind, Record
-from harness.history.store import History
+from celery_chaos.checks.verdict import Checker, InvariantResult, Verdict, with_spec
+from celery_chaos.history.recorder import short_repr
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import History
 
 #: ``deployment`` record names the harness writes (``Scenario.start_beats``/``stop_beats``).
 SCHEDULE_RECORD = "beat_schedule"
@@ -709,7 +709,7 @@ def beat_checker(
     margin_s: float = DEFAULT_MARGIN_S,
     takeover_s: float | None = None,
 ) -> Checker:
-    """A :data:`~harness.checks.verdict.Checker` for ``Scenario.check(invariants=[...])``."""
+    """A :data:`~celery_chaos.checks.verdict.Checker` for ``Scenario.check(invariants=[...])``."""
 
     def check(history: History) -> InvariantResult:
         return beat_invariant(

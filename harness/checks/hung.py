@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from harness.checks.verdict import Checker, InvariantResult, Verdict, with_spec
-from harness.history.schema import Kind, Record
-from harness.history.store import History
+from celery_chaos.checks.verdict import Checker, InvariantResult, Verdict, with_spec
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import History
 
 NAME = "no_hung_task"
 
@@ -168,7 +168,7 @@ def check_hung(history: History, bound_s: float, *, name: str = NAME) -> Invaria
 
 
 def no_hung_tasks(bound_s: float, *, name: str = NAME) -> Checker:
-    """A :data:`~harness.checks.verdict.Checker` for ``Scenario.check(invariants=[...])``."""
+    """A :data:`~celery_chaos.checks.verdict.Checker` for ``Scenario.check(invariants=[...])``."""
 
     def checker(history: History) -> InvariantResult:
         return check_hung(history, bound_s, name=name)

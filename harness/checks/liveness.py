@@ -1,13 +1,13 @@
 """Liveness after network faults: workers resume consuming, publishes stay bounded.
 
 Pure functions of a history (docs/history.md), for scenarios that heal a network fault
-(``harness.faults.vocabulary``):
+(``celery_chaos.faults.vocabulary``):
 
 - :func:`check_resume_consuming` / :func:`resume_consuming`: after a heal, a live worker
   that stays idle (no task record, nothing running) for longer than ``bound_s`` while its
   broker holds ready messages is flagged (the "worker never consumes again" class of bugs:
   celery/celery#9705, #8030, #10205). Ready counts come from the ``queue_depth`` records
-  that :class:`~harness.deployment.sampler.QueueDepthSampler` writes straight from the broker.
+  that :class:`~celery_chaos.deployment.sampler.QueueDepthSampler` writes straight from the broker.
 - :func:`check_publish_bounded` / :func:`publish_bounded`: no publish took, or hung, longer
   than ``bound_s`` (a producer blocked on a dead socket).
 - :func:`heal_to_full_throughput`: from a heal to the moment task completions are back at
@@ -23,9 +23,9 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, Field
 
-from harness.checks.verdict import Checker, InvariantResult, Verdict, with_spec
-from harness.history.schema import WORKER_KINDS, Kind, Record
-from harness.history.store import History
+from celery_chaos.checks.verdict import Checker, InvariantResult, Verdict, with_spec
+from celery_chaos.history.schema import WORKER_KINDS, Kind, Record
+from celery_chaos.history.store import History
 
 RESUME = "workers_resume_consuming"
 PUBLISH = "publish_bounded"
@@ -47,7 +47,7 @@ _BROKER_FAULTS = frozenset({"crash_broker", "stop_broker", "pause_broker"})
 
 
 def is_network_fault(rec: Record) -> bool:
-    """A fault record written by a link or packet fault of :mod:`harness.faults.vocabulary`."""
+    """A fault record written by a link or packet fault of :mod:`celery_chaos.faults.vocabulary`."""
     return rec.kind is Kind.FAULT and "links" in rec.detail
 
 

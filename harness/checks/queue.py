@@ -1,12 +1,12 @@
 """The queue checker: "what goes in must come out", per Celery task id.
 
-A pure function over a :class:`~harness.history.store.History`, modelled on
+A pure function over a :class:`~celery_chaos.history.store.History`, modelled on
 Jepsen's ``total-queue`` checker but classifying by task id (a Celery retry
 republishes with the same id) and stricter about worker-lost failures. See
 ``docs/checker.md`` for the semantics in prose.
 
 Everything here is one pass over the records plus sorting: O(n log n). The records may be
-a list or a :class:`~harness.history.store.RecordStream` (read from disk as they are
+a list or a :class:`~celery_chaos.history.store.RecordStream` (read from disk as they are
 iterated); the checker keeps one int of state a task id, so its memory grows with the ids,
 not with the records.
 """
@@ -18,8 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, computed_field
 
-from harness.history.schema import Kind
-from harness.history.store import AnyRecord, History
+from celery_chaos.history.schema import Kind
+from celery_chaos.history.store import AnyRecord, History
 
 VerdictStr = Literal["valid", "invalid", "unknown"]
 DrainState = Literal["complete", "incomplete", "missing"]

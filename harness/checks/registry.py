@@ -2,7 +2,7 @@
 
 Each checker factory (``no_hung_tasks``, ``resume_consuming``, ``publish_bounded``,
 ``retry_policy``, ``beat``, ``results_stored``) tags what it returns with its name and JSON
-parameters (:func:`harness.checks.verdict.with_spec`); ``Scenario.check`` stores them as
+parameters (:func:`celery_chaos.checks.verdict.with_spec`); ``Scenario.check`` stores them as
 ``result.checkers`` and ``celery-chaos analyze`` rebuilds them here to re-judge a history.
 """
 
@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.checks.beat import beat_checker
-from harness.checks.hung import no_hung_tasks
-from harness.checks.liveness import publish_bounded, resume_consuming
-from harness.checks.results import results_stored
-from harness.checks.retries import (
+from celery_chaos.checks.beat import beat_checker
+from celery_chaos.checks.hung import no_hung_tasks
+from celery_chaos.checks.liveness import publish_bounded, resume_consuming
+from celery_chaos.checks.results import results_stored
+from celery_chaos.checks.retries import (
     DEFAULT_TOLERANCE_S,
     NAME,
     Expected,
     policy_from_json,
     retry_policy,
 )
-from harness.checks.verdict import Checker
+from celery_chaos.checks.verdict import Checker
 
 
 def _retry_policy(params: dict[str, Any]) -> Checker:

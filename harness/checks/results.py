@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from harness.checks.verdict import Checker, InvariantResult, Verdict, spec_of, with_spec
-from harness.history.schema import WORKER_KINDS, Kind, Record
-from harness.history.store import History
+from celery_chaos.checks.verdict import Checker, InvariantResult, Verdict, spec_of, with_spec
+from celery_chaos.history.schema import WORKER_KINDS, Kind, Record
+from celery_chaos.history.store import History
 
 NAME = "results_stored"
 #: The ``name`` of the ``deployment`` record holding the backend's stored states.

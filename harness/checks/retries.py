@@ -33,10 +33,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from harness.checks.queue import drain_state
-from harness.checks.verdict import Checker, InvariantResult, Verdict, with_spec
-from harness.history.schema import Kind, Record
-from harness.history.store import History
+from celery_chaos.checks.queue import drain_state
+from celery_chaos.checks.verdict import Checker, InvariantResult, Verdict, with_spec
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import History
 
 NAME = "retry_policy"
 #: Seconds a retry may start before its countdown (clock reads, scheduling).
@@ -297,7 +297,7 @@ def retry_policy(
     tolerance_s: float = DEFAULT_TOLERANCE_S,
     name: str = NAME,
 ) -> Checker:
-    """A :data:`~harness.checks.verdict.Checker` for ``Scenario.check(invariants=[...])``."""
+    """A :data:`~celery_chaos.checks.verdict.Checker` for ``Scenario.check(invariants=[...])``."""
 
     def checker(history: History) -> InvariantResult:
         return check_retries(

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
-from harness.checks.queue import check_queue
-from harness.history.store import History
+from celery_chaos.checks.queue import check_queue
+from celery_chaos.history.store import History
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -91,7 +91,7 @@ SPEC_ATTR = "chaos_spec"
 
 def with_spec(checker: Checker, factory: str, **params: Any) -> Checker:
     """Tag ``checker`` with the factory and JSON parameters that rebuild it
-    (:func:`harness.checks.registry.rebuild`)."""
+    (:func:`celery_chaos.checks.registry.rebuild`)."""
     setattr(checker, SPEC_ATTR, {"checker": factory, "params": params})
     return checker
 

@@ -1,7 +1,7 @@
 """Load a Celery app by ``module:attr`` and point it at the harness's deployment.
 
 The harness runs every process (worker, beat, load generator) on the app named
-by ``$CHAOS_APP`` through :mod:`harness.deployment.celery_app`, which calls
+by ``$CHAOS_APP`` through :mod:`celery_chaos.deployment.celery_app`, which calls
 :func:`load_app` and :func:`apply_harness_config`. Apps often hard-code
 ``broker_url``; the harness overrides it, and the result backend, whatever the
 app's own configuration says, then applies the reliability settings under test.
@@ -18,13 +18,13 @@ from typing import Any
 
 from celery import Celery
 
-from harness.errors import UsageError
+from celery_chaos.errors import UsageError
 
 APP_ENV = "CHAOS_APP"
 BROKER_ENV = "CHAOS_BROKER_URL"
 BACKEND_ENV = "CHAOS_RESULT_BACKEND"
 CONF_ENV = "CHAOS_CONF"  # JSON object of Celery settings under test
-DEFAULT_APP = "sample_app.app:app"
+DEFAULT_APP = "celery_chaos.sample_app.app:app"
 
 #: Settings that are dicts and are merged key by key rather than replaced.
 _MERGED = ("broker_transport_options", "result_backend_transport_options")

@@ -1,8 +1,8 @@
 """The beat schedule of the app under test, as the beat checker needs it.
 
-``python -m harness.deployment.beat`` prints the schedule of ``$CHAOS_APP`` (configured like
+``python -m celery_chaos.deployment.beat`` prints the schedule of ``$CHAOS_APP`` (configured like
 every harness process, with the beat's own environment) as JSON: a scenario spawns it while
-its beats start (:meth:`harness.runner.scenario.Scenario.start_beats`) and records the output
+its beats start (:meth:`celery_chaos.runner.scenario.Scenario.start_beats`) and records the output
 as the ``deployment`` ``beat_schedule`` record.
 """
 
@@ -16,9 +16,9 @@ from celery import Celery
 from celery.beat import DEFAULT_MAX_INTERVAL
 from celery.schedules import crontab
 
-from harness.checks.beat import BeatSchedule, entry_spec
-from harness.deployment.app_loader import app_from_env
-from harness.errors import InfrastructureError
+from celery_chaos.checks.beat import BeatSchedule, entry_spec
+from celery_chaos.deployment.app_loader import app_from_env
+from celery_chaos.errors import InfrastructureError
 
 
 def schedule_of(app: Celery) -> BeatSchedule:
@@ -51,7 +51,7 @@ def schedule_of(app: Celery) -> BeatSchedule:
 def spawn_dump(env: dict[str, str]) -> subprocess.Popen[str]:
     """Start a child that prints the schedule of the app under test, loaded with ``env``."""
     return subprocess.Popen(
-        [sys.executable, "-m", "harness.deployment.beat"],
+        [sys.executable, "-m", "celery_chaos.deployment.beat"],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

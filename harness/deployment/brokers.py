@@ -2,7 +2,8 @@
 directory, that the harness can stop, crash and restart.
 
 Both classes satisfy :class:`Broker`. Every server process is a
-:class:`~harness.deployment.processes.ManagedProcess`, so the process registry tears it down even
+:class:`~celery_chaos.deployment.processes.ManagedProcess`,
+so the process registry tears it down even
 when the harness is interrupted.
 """
 
@@ -27,13 +28,13 @@ import redis
 from kombu.transport.redis import PRIORITY_STEPS
 from kombu.transport.redis import Channel as _RedisChannel
 
-from harness.deployment.processes import (
+from celery_chaos.deployment.processes import (
     ManagedProcess,
     check_port_free,
     free_port,
     marker_env,
 )
-from harness.errors import InfrastructureError
+from celery_chaos.errors import InfrastructureError
 
 __all__ = ["UNACKED_KEY", "Broker", "RabbitMQServer", "RedisServer"]
 
@@ -140,7 +141,7 @@ class RabbitMQServer:
         """``config``: extra ``rabbitmq.conf`` lines (e.g. ``{"consumer_timeout": "60000"}``).
         ``bin_dir``/``search_path`` override where the RabbitMQ scripts and ``epmd`` are found.
         ``prefix`` runs every command of the node in another network namespace
-        (:mod:`harness.deployment.netns`), where the AMQP listener binds ``listen`` and the
+        (:mod:`celery_chaos.deployment.netns`), where the AMQP listener binds ``listen`` and the
         harness connects through ``access`` (a relay on loopback)."""
         self.base_dir = Path(run_dir) / name
         self.prefix = list(prefix)
@@ -198,7 +199,7 @@ class RabbitMQServer:
 
     @property
     def markers(self) -> list[str]:
-        """Process markers (see :func:`~harness.deployment.processes.count_processes`)."""
+        """Process markers (see :func:`~celery_chaos.deployment.processes.count_processes`)."""
         return [p.marker for p in self.processes]
 
     def pids(self) -> list[int]:

@@ -1,6 +1,6 @@
 """A Docker engine for the compose backend, and its images, without a registry.
 
-``python -m harness.deployment.docker_engine run [--require] -- CMD...`` gives ``CMD`` an
+``python -m celery_chaos.deployment.docker_engine run [--require] -- CMD...`` gives ``CMD`` an
 engine (``$DOCKER_HOST`` when it answers, else a private ``dockerd`` started here), builds the
 images the compose deployment needs when they are missing or stale, runs ``CMD`` with
 ``DOCKER_HOST`` and the image variables of ``docker-compose.yml`` set, then stops the private
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InfrastructureError, UsageError
+from celery_chaos.errors import InfrastructureError, UsageError
 
 #: Where the private engine keeps its images (kept between runs: the build cache).
 DATA_ROOT = Path(os.environ.get("CHAOS_DOCKER_DATA_ROOT", "/var/tmp/celery-chaos/docker"))
@@ -92,7 +92,7 @@ def unavailable() -> str | None:
     """Why the compose backend cannot run here (None when it can)."""
     if not os.environ.get("DOCKER_HOST"):
         return ("no Docker engine: DOCKER_HOST is unset (`make test-compose` or "
-                "`python -m harness.deployment.docker_engine run -- CMD` starts one)")
+                "`python -m celery_chaos.deployment.docker_engine run -- CMD` starts one)")
     if client() is None:
         return f"the Docker engine at DOCKER_HOST={os.environ['DOCKER_HOST']} does not answer"
     if shutil.which("docker-compose") is None and shutil.which("docker") is None:
@@ -331,7 +331,7 @@ def run(cmd: list[str], *, require: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.deployment.docker_engine")
+    parser = argparse.ArgumentParser(prog="python -m celery_chaos.deployment.docker_engine")
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a command with an engine and the images")
     r.add_argument("--require", action="store_true",

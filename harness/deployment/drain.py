@@ -19,9 +19,9 @@ from pathlib import Path
 
 import psutil
 
-from harness.history.reader import HistoryTail, TailCursor
-from harness.history.schema import Kind, Record
-from harness.history.store import HistoryWriter
+from celery_chaos.history.reader import HistoryTail, TailCursor
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import HistoryWriter
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 One proxy per link (``w1-broker``, ``w1-backend``, ``publisher-broker``, ``beat-broker``...),
 so a fault can hit one worker or all of them. The harness starts its embedded
-Toxiproxy-compatible server (``python -m harness.faults.proxy``) as a child process, or uses
+Toxiproxy-compatible server (``python -m celery_chaos.faults.proxy``) as a child process, or uses
 a real Toxiproxy given by ``$TOXIPROXY_URL``: all of this talks the Toxiproxy HTTP API only.
 """
 
@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from harness.deployment.processes import ManagedProcess
-from harness.errors import InfrastructureError
-from harness.faults.proxy.client import ToxiproxyClient
+from celery_chaos.deployment.processes import ManagedProcess
+from celery_chaos.errors import InfrastructureError
+from celery_chaos.faults.proxy.client import ToxiproxyClient
 
 TOXIPROXY_URL_ENV = "TOXIPROXY_URL"
 _API_LINE = re.compile(r"API on (http://\S+)")
@@ -57,7 +57,7 @@ class LinkProxies:
             cmd = [
                 sys.executable,
                 "-m",
-                "harness.faults.proxy",
+                "celery_chaos.faults.proxy",
                 "--host",
                 "127.0.0.1",
                 "--port",

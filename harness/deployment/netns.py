@@ -32,8 +32,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.deployment.processes import ManagedProcess, free_port, wait_for
-from harness.errors import InfrastructureError
+from celery_chaos.deployment.processes import ManagedProcess, free_port, wait_for
+from celery_chaos.errors import InfrastructureError
 
 __all__ = ["HUB", "Cut", "Namespace", "Topology", "netns_unavailable"]
 

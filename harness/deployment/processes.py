@@ -40,7 +40,7 @@ import psutil
 from mirakuru import SimpleExecutor
 from mirakuru.base import ENV_UUID
 
-from harness.errors import InfrastructureError
+from celery_chaos.errors import InfrastructureError
 
 __all__ = [
     "PROC_ENV",

@@ -16,8 +16,8 @@ from typing import Any
 
 from kombu import Connection
 
-from harness.history.schema import Kind
-from harness.history.store import HistoryWriter
+from celery_chaos.history.schema import Kind
+from celery_chaos.history.store import HistoryWriter
 
 
 def ready_counts(conn: Connection, queues: Iterable[str]) -> dict[str, int]:

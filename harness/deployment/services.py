@@ -1,9 +1,10 @@
 """The sample app's services (SMTP sink, flaky HTTP server) in a process of their own.
 
-Run as ``python -m harness.deployment.services --smtp-record FILE --ready FILE``: it starts
-:class:`~harness.deployment.sinks.SmtpSink` and :class:`~harness.deployment.sinks.FlakyHttpServer`,
+Run as ``python -m celery_chaos.deployment.services --smtp-record FILE --ready FILE``: it starts
+:class:`~celery_chaos.deployment.sinks.SmtpSink` and
+:class:`~celery_chaos.deployment.sinks.FlakyHttpServer`,
 writes their ports to the ready file, and serves until SIGTERM. :class:`ServicesProcess` starts
-it as a :class:`~harness.deployment.processes.ManagedProcess` and gives the harness the same
+it as a :class:`~celery_chaos.deployment.processes.ManagedProcess` and gives the harness the same
 handles it had in process: ``smtp`` (``host``, ``port``, ``messages()``) and ``http``
 (``base_url``, ``set_failures()``, ``requests_log()``, through the server's control paths).
 
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.deployment.processes import ManagedProcess, wait_for
-from harness.deployment.sinks import CONTROL, LOOPBACK, FlakyHttpServer, SmtpSink
-from harness.errors import InfrastructureError
+from celery_chaos.deployment.processes import ManagedProcess, wait_for
+from celery_chaos.deployment.sinks import CONTROL, LOOPBACK, FlakyHttpServer, SmtpSink
+from celery_chaos.errors import InfrastructureError
 
 
 @dataclass
@@ -86,7 +87,7 @@ class ServicesProcess:
         self.ready.unlink(missing_ok=True)
         self.proc = ManagedProcess(
             "services",
-            [sys.executable, "-m", "harness.deployment.services", "--smtp-record",
+            [sys.executable, "-m", "celery_chaos.deployment.services", "--smtp-record",
              str(self.record), "--ready", str(self.ready)],
             self.folder,
         ).start()
@@ -109,7 +110,7 @@ class ServicesProcess:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM; the ready file says the ports."""
-    parser = argparse.ArgumentParser(prog="python -m harness.deployment.services")
+    parser = argparse.ArgumentParser(prog="python -m celery_chaos.deployment.services")
     parser.add_argument("--smtp-record", required=True, type=Path)
     parser.add_argument("--ready", required=True, type=Path)
     parser.add_argument("--host", default=LOOPBACK, help="listen address (default loopback)")

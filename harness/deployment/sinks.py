@@ -2,7 +2,7 @@
 
 Both servers run in threads of the calling process, listen on 127.0.0.1 only, on a free port
 chosen at ``start()``, and record what they saw so the checker can compare it with the history.
-A deployment runs them in a process of their own (:mod:`harness.deployment.services`), so that
+A deployment runs them in a process of their own (:mod:`celery_chaos.deployment.services`), so that
 the harness's own work never starves the services the app under test depends on.
 """
 
@@ -26,11 +26,11 @@ from urllib.parse import parse_qs, urlsplit
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from harness.deployment.processes import free_port
-from harness.errors import InfrastructureError
+from celery_chaos.deployment.processes import free_port
+from celery_chaos.errors import InfrastructureError
 
 LOOPBACK = "127.0.0.1"
-TASK_ID_HEADER = "X-Celery-Task-Id"  # set by sample_app.tasks.send_email
+TASK_ID_HEADER = "X-Celery-Task-Id"  # set by celery_chaos.sample_app.tasks.send_email
 MAX_SLOW_SECONDS = 300.0
 #: Paths under this prefix control the flaky server from another process (never logged).
 CONTROL = "/_chaos/"

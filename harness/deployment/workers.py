@@ -8,10 +8,10 @@ from pathlib import Path
 
 import psutil
 
-from harness.deployment.processes import ManagedProcess
-from harness.history.store import history_file
+from celery_chaos.deployment.processes import ManagedProcess
+from celery_chaos.history.store import history_file
 
-APP_TARGET = "harness.deployment.celery_app:app"
+APP_TARGET = "celery_chaos.deployment.celery_app:app"
 
 
 class Worker:

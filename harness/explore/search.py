@@ -1,7 +1,7 @@
 """``celery-chaos explore``: draw fault schedules, run each for real, shrink a violation.
 
-Hypothesis (``find``) draws schedules from :mod:`harness.explore.strategies`; each one runs
-on a fresh deployment through the one runner (:func:`harness.runner.run.run_spec`) and is
+Hypothesis (``find``) draws schedules from :mod:`celery_chaos.explore.strategies`; each one runs
+on a fresh deployment through the one runner (:func:`celery_chaos.runner.run.run_spec`) and is
 judged by every invariant of the base spec. A violation is an ``invalid`` verdict. Real runs
 are not deterministic, so a candidate counts as failing only when it fails ``min_fails`` of
 up to ``reruns`` runs; Hypothesis sees a cached, deterministic answer per schedule, so it
@@ -28,20 +28,20 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis.errors import NoSuchExample
 
-from harness.backends.local import SharedBrokers
-from harness.errors import ChaosError, UsageError
-from harness.explore.strategies import Space, complexity, schedules, validate
-from harness.faults.schedule import describe_steps
-from harness.results import (
+from celery_chaos.backends.local import SharedBrokers
+from celery_chaos.errors import ChaosError, UsageError
+from celery_chaos.explore.strategies import Space, complexity, schedules, validate
+from celery_chaos.faults.schedule import describe_steps
+from celery_chaos.results import (
     ExplorationResult,
     ExploreExample,
     ExploreRun,
     write_json,
 )
-from harness.runner.app import AppUnderTest
-from harness.runner.run import NotApplicable, run_spec
-from harness.runner.scenario import Scenario
-from harness.spec.model import ScenarioSpec
+from celery_chaos.runner.app import AppUnderTest
+from celery_chaos.runner.run import NotApplicable, run_spec
+from celery_chaos.runner.scenario import Scenario
+from celery_chaos.spec.model import ScenarioSpec
 
 MINIMAL_FILE = "minimal-schedule.json"
 RESULT_FILE = "exploration.json"

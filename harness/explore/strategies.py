@@ -16,10 +16,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from harness.errors import UsageError
-from harness.faults.schedule import Step
-from harness.faults.vocabulary import fault_names, registry
-from harness.spec.model import ScenarioSpec
+from celery_chaos.errors import UsageError
+from celery_chaos.faults.schedule import Step
+from celery_chaos.faults.vocabulary import fault_names, registry
+from celery_chaos.spec.model import ScenarioSpec
 
 #: Faults an exploration draws from by default: process and broker faults that need no
 #: proxied links. ``partition`` and ``latency`` join when the deployment is proxied.

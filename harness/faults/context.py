@@ -1,7 +1,7 @@
 """What faults and triggers need from a running deployment, and one fault window.
 
 :class:`Deployment` is the interface the fault vocabulary acts on. The imperative
-:class:`~harness.runner.scenario.Scenario` implements it over a backend (local processes
+:class:`~celery_chaos.runner.scenario.Scenario` implements it over a backend (local processes
 today); faults never import a backend, so a second backend plugs in without touching them.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from harness.history.schema import Record
-from harness.history.store import HistoryWriter
+from celery_chaos.history.schema import Record
+from celery_chaos.history.store import HistoryWriter
 
 
 @dataclass

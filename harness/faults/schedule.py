@@ -32,10 +32,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.errors import InfrastructureError
-from harness.faults.context import Deployment, Window
-from harness.faults.vocabulary import Op, parse_op
-from harness.history.schema import Kind, Record
+from celery_chaos.errors import InfrastructureError
+from celery_chaos.faults.context import Deployment, Window
+from celery_chaos.faults.vocabulary import Op, parse_op
+from celery_chaos.history.schema import Kind, Record
 
 _REF = re.compile(r"^\$\{([A-Za-z0-9_-]+)(?:\.(tasks|hit|target|picked))?\}$")
 POLL_S = 0.05

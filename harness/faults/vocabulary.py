@@ -2,8 +2,8 @@
 
 Each entry is a small pydantic model registered under its ``op`` name, with typed,
 validated parameters, a label for reports, and ``apply``/``heal`` against a
-:class:`~harness.faults.context.Deployment`. The schedule executor
-(:mod:`harness.faults.schedule`) records a fault's window in the history: a ``fault``
+:class:`~celery_chaos.faults.context.Deployment`. The schedule executor
+(:mod:`celery_chaos.faults.schedule`) records a fault's window in the history: a ``fault``
 ``start`` record before ``apply`` and an ``end`` record after ``heal`` (at once for a
 fault that has no duration), named by :attr:`Op.record_name` so that checkers and
 reports read the same names as ever (``kill_worker``, ``partition_blackhole``...).
@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.faults.context import Deployment, Window
+from celery_chaos.faults.context import Deployment, Window
 
 Category = Literal["fault", "action"]
 

@@ -1,12 +1,12 @@
 """An incremental reader of a history directory: each poll reads only what was appended.
 
-:func:`~harness.history.store.read_history` re-reads and re-validates every file; the waits
+:func:`~celery_chaos.history.store.read_history` re-reads and re-validates every file; the waits
 and the drain look at the history every 50-250 ms, so they use a :class:`HistoryTail`
 instead. It keeps, per ``*.jsonl`` file, the byte offset after the last complete line; a
 line without its trailing newline is a record still being written and waits for a later
-poll. Parsing and validation are the store's own (:func:`~harness.history.store.parse_raw`,
-:func:`~harness.history.store.validate_raws`), and each file's
-:class:`~harness.history.store.LineScan` goes on from where it stopped, so a tail and
+poll. Parsing and validation are the store's own (:func:`~celery_chaos.history.store.parse_raw`,
+:func:`~celery_chaos.history.store.validate_raws`), and each file's
+:class:`~celery_chaos.history.store.LineScan` goes on from where it stopped, so a tail and
 ``read_history`` give the same records in the same order, and the same torn and unreadable
 lines.
 """
@@ -22,8 +22,8 @@ from itertools import pairwise
 from operator import itemgetter
 from pathlib import Path
 
-from harness.history.schema import Record
-from harness.history.store import History, LineScan, decode_lines, parse_raw, validate_raws
+from celery_chaos.history.schema import Record
+from celery_chaos.history.store import History, LineScan, decode_lines, parse_raw, validate_raws
 
 #: Sort key of a record: ``(mono_ns, wall_ns, file name, index in the file)``, the order
 #: ``read_history`` gives (a stable sort by time of the files' records in name order).
@@ -57,7 +57,7 @@ class HistoryTail:
 
     ``poll()`` reads what writers appended and returns the records no earlier ``poll()``
     returned; ``records()`` and ``history()`` read too, then return everything so far, in
-    ``(mono_ns, wall_ns)`` order, as :func:`~harness.history.store.read_history` would.
+    ``(mono_ns, wall_ns)`` order, as :func:`~celery_chaos.history.store.read_history` would.
     ``poll()`` has one cursor per tail (a record goes to one of the threads that poll);
     consumers that each need every new record use :meth:`since` with a cursor of their own.
     """

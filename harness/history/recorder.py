@@ -16,8 +16,8 @@ from typing import Any
 
 from celery import signals
 
-from harness.history.schema import Kind
-from harness.history.store import HISTORY_DIR_ENV, HistoryWriter
+from celery_chaos.history.schema import Kind
+from celery_chaos.history.store import HISTORY_DIR_ENV, HistoryWriter
 
 #: The node name the harness gives a process (``w1@chaos``, ``beat``, ``publisher``).
 NODE_ENV = "CHAOS_NODE_NAME"

@@ -18,7 +18,7 @@ import msgspec
 import orjson
 from pydantic import BaseModel, Field, ValidationError
 
-from harness.history.schema import (
+from celery_chaos.history.schema import (
     SCHEMA_VERSION,
     Kind,
     Record,
@@ -366,8 +366,8 @@ def read_history(directory: str | os.PathLike[str]) -> History:
 
 
 class LiteRecord(msgspec.Struct, TaskEnd, gc=False):
-    """A :class:`~harness.history.schema.Record` as msgspec decodes it: the same fields, types
-    and properties (:class:`~harness.history.schema.TaskEnd`), a fraction of the cost (no
+    """A :class:`~celery_chaos.history.schema.Record` as msgspec decodes it: the same fields, types
+    and properties (:class:`~celery_chaos.history.schema.TaskEnd`), a fraction of the cost (no
     pydantic model a record; extra keys dropped).
 
     msgspec is stricter than pydantic's lax mode (no ``"1"`` for an int, no ``1`` for a

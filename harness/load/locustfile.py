@@ -3,7 +3,7 @@
 Every publish is recorded in the history (invoke, then ok/fail/info) and
 reported to Locust as a request named after the task. Runs standalone::
 
-    CHAOS_APP=sample_app.app:app CHAOS_BROKER_URL=amqp://... CHAOS_HISTORY_DIR=hist \\
+    CHAOS_APP=celery_chaos.sample_app.app:app CHAOS_BROKER_URL=amqp://... CHAOS_HISTORY_DIR=hist \\
     locust -f harness/load/locustfile.py --headless -u 10 -r 10 -t 30s \\
         --chaos-workload sample_app/workload.yaml --chaos-rate 50
 
@@ -24,12 +24,12 @@ from locust.exception import StopUser
 os.environ.setdefault("CHAOS_ROLE", "publisher")
 os.environ.setdefault("CHAOS_NODE_NAME", "publisher")
 
-from harness.deployment.celery_app import app  # noqa: E402
-from harness.errors import UsageError  # noqa: E402
-from harness.history import recorder  # noqa: E402
-from harness.history.schema import Kind  # noqa: E402
-from harness.load.publisher import Publisher  # noqa: E402
-from harness.load.workload import Workload, load_workload, parse_workload  # noqa: E402
+from celery_chaos.deployment.celery_app import app  # noqa: E402
+from celery_chaos.errors import UsageError  # noqa: E402
+from celery_chaos.history import recorder  # noqa: E402
+from celery_chaos.history.schema import Kind  # noqa: E402
+from celery_chaos.load.publisher import Publisher  # noqa: E402
+from celery_chaos.load.workload import Workload, load_workload, parse_workload  # noqa: E402
 
 _lock = threading.Lock()
 _state = {"reserved": 0, "done": 0, "users": 0}

@@ -12,10 +12,10 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import EncodeError
 
-from harness.history.recorder import short_repr
-from harness.history.schema import Kind
-from harness.history.store import HistoryWriter
-from harness.load.workload import TaskSpec
+from celery_chaos.history.recorder import short_repr
+from celery_chaos.history.schema import Kind
+from celery_chaos.history.store import HistoryWriter
+from celery_chaos.load.workload import TaskSpec
 
 #: JSON object of extra ``send_task`` options for every publish (e.g. ``confirm_timeout``,
 #: ``retry``, ``retry_policy``): Celery passes them on to kombu's ``Producer.publish``.

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.deployment.processes import ManagedProcess
-from harness.errors import InfrastructureError
-from harness.load.workload import Workload
+from celery_chaos.deployment.processes import ManagedProcess
+from celery_chaos.errors import InfrastructureError
+from celery_chaos.load.workload import Workload
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 

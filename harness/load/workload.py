@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.errors import UsageError
+from celery_chaos.errors import UsageError
 
 
 class TaskSpec(BaseModel):

@@ -1,7 +1,7 @@
 """``celery-chaos audit``: its result model (``audit.json``), the scorecard in words, the exit
 code, and the page ``<run>/audit.html``.
 
-The runner (:mod:`harness.runner.audit`) fills an :class:`AuditResult`; everything here is a
+The runner (:mod:`celery_chaos.runner.audit`) fills an :class:`AuditResult`; everything here is a
 pure function of it, so the words and the exit code are tested without servers.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Literal
 from jinja2 import Environment, PackageLoader, select_autoescape
 from pydantic import BaseModel, Field
 
-from harness.checks.verdict import Verdict
+from celery_chaos.checks.verdict import Verdict
 
 AUDIT_SCHEMA_VERSION = 1
 AUDIT_FILE = "audit.json"
@@ -26,7 +26,7 @@ AUDIT_PAGE = "audit.html"
 Status = Literal["safe", "unsafe", "unknown", "not_applicable", "error"]
 
 _env = Environment(
-    loader=PackageLoader("harness.report", "templates"),
+    loader=PackageLoader("celery_chaos.report", "templates"),
     autoescape=select_autoescape(["html", "j2"]),
     trim_blocks=True,
     lstrip_blocks=True,
@@ -47,7 +47,7 @@ class AuditRun(BaseModel):
     status: Status = "unknown"
     reason: str = ""
     #: Tasks the fault touched: those its worker held (running or prefetched) when it struck,
-    #: as the run report counts them (``harness.report.timeline``).
+    #: as the run report counts them (``celery_chaos.report.timeline``).
     reach: int = 0
     acknowledged: int = 0
     completed: int = 0

@@ -19,7 +19,7 @@ import plotly
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from harness.report.timeline import PERCENTILES, Timeline
+from celery_chaos.report.timeline import PERCENTILES, Timeline
 
 FAULT_COLOURS = (
     "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",

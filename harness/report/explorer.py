@@ -13,11 +13,11 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from harness.faults.schedule import describe_steps
-from harness.results import ExplorationResult
+from celery_chaos.faults.schedule import describe_steps
+from celery_chaos.results import ExplorationResult
 
 _env = Environment(
-    loader=PackageLoader("harness.report", "templates"),
+    loader=PackageLoader("celery_chaos.report", "templates"),
     autoescape=select_autoescape(["html", "j2"]),
     trim_blocks=True,
     lstrip_blocks=True,

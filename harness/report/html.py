@@ -25,15 +25,15 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from harness.checks.beat import BeatCheckResult
-from harness.checks.hung import HungSummary
-from harness.checks.queue import QueueCheckResult, QueueCounts
-from harness.checks.verdict import QUEUE, Verdict
-from harness.report import matrix as matrix_mod
-from harness.report.charts import figure_json, plotly_asset, timeline_figure
-from harness.report.junit import write_junit
-from harness.report.locust_stats import LocustStats, scenario_loads
-from harness.report.timeline import (
+from celery_chaos.checks.beat import BeatCheckResult
+from celery_chaos.checks.hung import HungSummary
+from celery_chaos.checks.queue import QueueCheckResult, QueueCounts
+from celery_chaos.checks.verdict import QUEUE, Verdict
+from celery_chaos.report import matrix as matrix_mod
+from celery_chaos.report.charts import figure_json, plotly_asset, timeline_figure
+from celery_chaos.report.junit import write_junit
+from celery_chaos.report.locust_stats import LocustStats, scenario_loads
+from celery_chaos.report.timeline import (
     MAX_TASK_HISTORIES,
     WORKER_FAULTS,
     FaultWindow,
@@ -42,10 +42,10 @@ from harness.report.timeline import (
     read_records,
     task_histories,
 )
-from harness.results import RunVerdict, ScenarioResult, safe_name
+from celery_chaos.results import RunVerdict, ScenarioResult, safe_name
 
 _env = Environment(
-    loader=PackageLoader("harness.report", "templates"),
+    loader=PackageLoader("celery_chaos.report", "templates"),
     autoescape=select_autoescape(["html", "j2"]),
     trim_blocks=True,
     lstrip_blocks=True,

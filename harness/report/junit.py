@@ -12,7 +12,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from harness.results import RunVerdict, ScenarioResult
+from celery_chaos.results import RunVerdict, ScenarioResult
 
 #: Characters XML 1.0 cannot hold (task output may contain them).
 _BAD_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")

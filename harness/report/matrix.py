@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness.results import (
+from celery_chaos.results import (
     RELIABILITY_SETTINGS,
     RunVerdict,
     ScenarioResult,

@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.checks.verdict import Verdict, check_history
-from harness.history.store import open_history
-from harness.results import (
+from celery_chaos.checks.verdict import Verdict, check_history
+from celery_chaos.history.store import open_history
+from celery_chaos.results import (
     RunVerdict,
     ScenarioResult,
     exit_code_for,
@@ -31,6 +31,7 @@ from harness.results import (
 
 NS = 1_000_000_000
 #: Planted in task args and exception messages: a report must show it as text.
+TASKS = "celery_chaos.sample_app.tasks"
 HOSTILE = "<script>window.__pwned = 1; console.error('pwned')</script>"
 
 
@@ -77,7 +78,8 @@ def write_history(directory: Path, spec: SyntheticSpec) -> dict[str, Any]:
     workers = {"w1@chaos": 300, "w2@chaos": 400}
     settings = {"task_acks_late": spec.acks_late, "task_reject_on_worker_lost": spec.acks_late}
     rec(harness, "scenario", 0.0, 100, "harness", "harness", name="synthetic", phase="start",
-        detail={"broker": "rabbitmq", "settings": settings, "app": "sample_app.app:app"})
+        detail={"broker": "rabbitmq", "settings": settings,
+                "app": "celery_chaos.sample_app.app:app"})
     for i, (name, pid) in enumerate(workers.items()):
         t = 0.2 + 0.1 * i
         rec(f"worker-{name}-{pid}.jsonl", "deployment", t, pid, name, "worker",
@@ -99,9 +101,9 @@ def write_history(directory: Path, spec: SyntheticSpec) -> dict[str, Any]:
     for n in range(spec.tasks):
         tid = str(uuid.UUID(int=rnd.getrandbits(128)))
         t = start + n / spec.rate + rnd.random() * 0.002
-        name = "sample_app.tasks.send_email" if n % 3 else "sample_app.tasks.generate_report"
+        name = f"{TASKS}.send_email" if n % 3 else f"{TASKS}.generate_report"
         if spec.hostile and n == 7:
-            name = f"sample_app.tasks.{HOSTILE}"  # a hostile task name, on the failing task
+            name = f"{TASKS}.{HOSTILE}"  # a hostile task name, on the failing task
         args = repr([HOSTILE if spec.hostile and n == 5 else f"user{n}@example.test"])
         rec(pub, "invoke", t, 200, "publisher", "publisher", task_id=tid, task_name=name,
             queue="emails", args=args, kwargs="{}")
@@ -241,7 +243,7 @@ def make_run(
     )
     write_json(run_dir / "verdict.json", run.model_dump(mode="json"))
     if write_report:
-        from harness.report.html import write_index
+        from celery_chaos.report.html import write_index
 
         write_index(run_dir, run)
     return run_dir, run

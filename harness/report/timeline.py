@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.history.store import read_raw
+from celery_chaos.history.store import read_raw
 
 NS = 1_000_000_000
 #: Chart bins: the smallest of these widths giving at most ``MAX_BINS`` bins.

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from celery import Celery
 
-from harness.deployment.app_loader import DEFAULT_APP, load_app
-from harness.errors import UsageError
-from harness.load.workload import Workload
+from celery_chaos.deployment.app_loader import DEFAULT_APP, load_app
+from celery_chaos.errors import UsageError
+from celery_chaos.load.workload import Workload
 
 #: The sample app shipped with the harness, and its workload.
 SAMPLE_APP = DEFAULT_APP
-SAMPLE_WORKLOAD = Path(__file__).resolve().parent.parent.parent / "sample_app" / "workload.yaml"
+SAMPLE_WORKLOAD = (
+    Path(importlib.util.find_spec("celery_chaos.sample_app").origin).parent / "workload.yaml"
+)
 
 
 @dataclass
@@ -67,7 +70,7 @@ def registered_tasks(app: Celery, spec: str) -> set[str]:
 
 def close_tasks(name: str, known: Iterable[str]) -> list[str]:
     """Up to 3 of ``known`` close to ``name``, whole (``difflib``) or by the last dotted part
-    (``send_email`` for ``sample_app.tasks.send_email``)."""
+    (``send_email`` for ``celery_chaos.sample_app.tasks.send_email``)."""
     known = sorted(known)
     by_tail: dict[str, list[str]] = {}
     for k in known:

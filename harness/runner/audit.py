@@ -1,14 +1,14 @@
 """``celery-chaos audit``: a fixed set of faults against a team's own app, its own
 configuration, and the smallest fix the catalog proves safe, tried on their tasks.
 
-For each fault (:data:`FAULTS`) a :class:`~harness.spec.model.ScenarioSpec` is built in code
+For each fault (:data:`FAULTS`) a :class:`~celery_chaos.spec.model.ScenarioSpec` is built in code
 with the catalog's shapes (the ``running`` trigger that strikes while tasks run) and run on
 the app's configuration as it is: ``settings = {}``, only the brokers are the harness's
 own, RabbitMQ or Redis after the scheme of the app's ``broker_url``. When the verdict is not
 valid, the fault runs again with the catalog's fix (:func:`recommend`, reduced to what the
 app does not already set by :func:`smallest_change`). The run directory gets the usual
 ``verdict.json`` and ``index.html`` of every scenario, plus ``audit.json`` and
-``audit.html`` (:mod:`harness.report.audit`).
+``audit.html`` (:mod:`celery_chaos.report.audit`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.checks.verdict import Verdict
-from harness.errors import ChaosError, UsageError
-from harness.report.audit import (
+from celery_chaos.checks.verdict import Verdict
+from celery_chaos.errors import ChaosError, UsageError
+from celery_chaos.report.audit import (
     AUDIT_FILE,
     AuditResult,
     AuditRow,
@@ -35,7 +35,7 @@ from harness.report.audit import (
     row_words,
     write_audit_page,
 )
-from harness.results import ScenarioResult, safe_name
+from celery_chaos.results import ScenarioResult, safe_name
 
 #: The pick of worker_kill.yaml's Redis specs, for any broker: a task of w1 0.3-0.6 s into its run
 #: (the RabbitMQ specs pick 0.1-0.2 s into their 0.4 s sample tasks). Not required:
@@ -199,7 +199,7 @@ def _now() -> str:
 def fault_spec(fault: AuditFault, broker: str, settings: dict[str, Any], name: str, *,
                tasks: int, rate: float, exactly_once: bool) -> Any:
     """The scenario of ``fault`` on the app's configuration with ``settings`` applied."""
-    from harness.spec.model import parse_spec
+    from celery_chaos.spec.model import parse_spec
 
     return parse_spec({
         "name": name,
@@ -214,7 +214,7 @@ def fault_spec(fault: AuditFault, broker: str, settings: dict[str, Any], name: s
 
 def _reach(scenario_dir: Path, op: str) -> int:
     """Tasks the fault touched (what its worker held when it struck), as the report counts."""
-    from harness.report.timeline import build_timeline, read_records
+    from celery_chaos.report.timeline import build_timeline, read_records
 
     try:
         records, torn = read_records(scenario_dir / "history")
@@ -238,9 +238,9 @@ class _Ctx:
 
 def _run_one(ctx: _Ctx, fault: AuditFault, settings: dict[str, Any], name: str) -> AuditRun:
     """Run one scenario of the audit; never raises a :class:`ChaosError` (recorded)."""
-    from harness.runner.progress import Progress
-    from harness.runner.run import NotApplicable, run_spec
-    from harness.runner.scenario import Scenario
+    from celery_chaos.runner.progress import Progress
+    from celery_chaos.runner.run import NotApplicable, run_spec
+    from celery_chaos.runner.scenario import Scenario
 
     spec = fault_spec(fault, ctx.broker, settings, name, tasks=ctx.tasks, rate=ctx.rate,
                       exactly_once=ctx.exactly_once)
@@ -322,7 +322,7 @@ def audit_fault(ctx: _Ctx, fault: AuditFault, conf: dict[str, Any],
 
 def _app_conf(app_spec: str) -> dict[str, Any]:
     """The app's own configuration, as a plain dict of the settings the audit compares."""
-    from harness.deployment.app_loader import load_app
+    from celery_chaos.deployment.app_loader import load_app
 
     conf = load_app(app_spec).conf
     keys = ("broker_url", "task_acks_late", "task_reject_on_worker_lost",
@@ -370,11 +370,11 @@ def selected(only: str) -> list[AuditFault]:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``celery-chaos audit``; return the exit code (0, 1 or 2)."""
-    from harness.backends.local import SharedBrokers
-    from harness.deployment.app_loader import DEFAULT_APP
-    from harness.load.workload import load_workload
-    from harness.report.html import write_index
-    from harness.results import (
+    from celery_chaos.backends.local import SharedBrokers
+    from celery_chaos.deployment.app_loader import DEFAULT_APP
+    from celery_chaos.load.workload import load_workload
+    from celery_chaos.report.html import write_index
+    from celery_chaos.results import (
         RunVerdict,
         from_conf,
         new_run_dir,
@@ -382,7 +382,7 @@ def main(args: argparse.Namespace) -> int:
         versions,
         write_json,
     )
-    from harness.runner.app import SAMPLE_WORKLOAD, AppUnderTest
+    from celery_chaos.runner.app import SAMPLE_WORKLOAD, AppUnderTest
 
     # Bad input fails here, before a run directory exists.
     faults = selected(args.only)

@@ -10,10 +10,10 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from harness.errors import UsageError
-from harness.spec.model import ScenarioSpec, parse_spec, read_data
+from celery_chaos.errors import UsageError
+from celery_chaos.spec.model import ScenarioSpec, parse_spec, read_data
 
-CATALOG_PACKAGE = "harness.catalog"
+CATALOG_PACKAGE = "celery_chaos.catalog"
 
 
 def catalog_dir() -> Path:

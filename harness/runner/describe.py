@@ -3,7 +3,7 @@ pool, the effective reliability settings.
 
 The reliability settings shown are the *effective* ones: the app's own configuration
 with the settings under test applied, read by loading the app exactly as the workers do
-(``harness.deployment.celery_app``) in a short subprocess with the scenario's environment.
+(``celery_chaos.deployment.celery_app``) in a short subprocess with the scenario's environment.
 """
 
 from __future__ import annotations
@@ -14,12 +14,17 @@ import subprocess
 import sys
 from typing import Any, Protocol
 
-from harness.history.store import HistoryWriter
-from harness.results import RELIABILITY_SETTINGS, ScenarioResult, from_conf, settings_over_defaults
+from celery_chaos.history.store import HistoryWriter
+from celery_chaos.results import (
+    RELIABILITY_SETTINGS,
+    ScenarioResult,
+    from_conf,
+    settings_over_defaults,
+)
 
 
 class Scenario(Protocol):
-    """What a description reads of a scenario (:class:`harness.runner.scenario.Scenario`)."""
+    """What a description reads of a scenario (:class:`celery_chaos.runner.scenario.Scenario`)."""
 
     result: ScenarioResult
     writer: HistoryWriter
@@ -37,7 +42,7 @@ class Scenario(Protocol):
 
 _SCRIPT = """
 import json, sys
-from harness.deployment.app_loader import app_from_env
+from celery_chaos.deployment.app_loader import app_from_env
 conf = app_from_env().conf
 keys = json.loads(sys.argv[1])
 out = {}

@@ -3,7 +3,7 @@
 Local (default): the harness starts its own deployment (broker, result Redis, workers)
 exactly as a scenario does, runs Locust for ``--duration`` and the ``--fault`` schedule
 through the one runner: each ``--fault`` is a step of a
-:class:`~harness.spec.model.ScenarioSpec` (an op of the fault vocabulary at its time), every
+:class:`~celery_chaos.spec.model.ScenarioSpec` (an op of the fault vocabulary at its time), every
 step in a thread of its own, so faults may overlap and a pause never delays the next fault.
 It then drains, checks the history and writes ``reports/<run>/`` (verdict.json, index.html,
 junit.xml, and the scenario's ``spec.json``: ``celery-chaos replay`` runs the load again).
@@ -32,14 +32,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.deployment.processes import wait_for
-from harness.errors import ChaosError, InfrastructureError, UsageError
-from harness.faults.context import Window
-from harness.faults.schedule import Schedule, ScheduleRun, Step, Trigger
-from harness.faults.vocabulary import parse_op, registry
-from harness.load.runner import LOCUSTFILE, LoadRun
-from harness.runner.progress import Progress
-from harness.spec.model import ScenarioSpec, parse_spec
+from celery_chaos.deployment.processes import wait_for
+from celery_chaos.errors import ChaosError, InfrastructureError, UsageError
+from celery_chaos.faults.context import Window
+from celery_chaos.faults.schedule import Schedule, ScheduleRun, Step, Trigger
+from celery_chaos.faults.vocabulary import parse_op, registry
+from celery_chaos.load.runner import LOCUSTFILE, LoadRun
+from celery_chaos.runner.progress import Progress
+from celery_chaos.spec.model import ScenarioSpec, parse_spec
 
 #: Seconds between two progress lines of a load test.
 PROGRESS_S = 5.0
@@ -183,7 +183,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a Celery setting under test (JSON value), e.g. task_acks_late=true")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for workers and Locust (e.g. SAMPLE_*)")
-    p.add_argument("--app", default=os.environ.get("CHAOS_APP", "sample_app.app:app"),
+    p.add_argument("--app", default=os.environ.get("CHAOS_APP", "celery_chaos.sample_app.app:app"),
                    help="the Celery app, package.module:app (default the sample app)")
     p.add_argument("--workload", default=os.environ.get("CHAOS_WORKLOAD"),
                    help="workload YAML (default the sample app's)")
@@ -358,7 +358,7 @@ def _now() -> str:
 
 def _load_run(args: argparse.Namespace, opts: LoadOptions, workload: Any, env: dict[str, str],
               out_dir: Path) -> CommandLoadRun:
-    from harness.deployment.processes import free_port
+    from celery_chaos.deployment.processes import free_port
 
     return CommandLoadRun(
         workload=workload, env=env, out_dir=out_dir, tasks=None, rate=opts.rate,
@@ -425,17 +425,17 @@ def run_schedule(sched: ScheduleRun, texts: dict[str, str]) -> dict[str, Window]
 
 def _run_local(args: argparse.Namespace, opts: LoadOptions, spec: ScenarioSpec, run_dir: Path,
                workload: Any) -> Any:
-    from harness.backends.local import SharedBrokers
-    from harness.results import write_json
-    from harness.runner.app import AppUnderTest
-    from harness.runner.run import SPEC_FILE, _window_summary, resolved
-    from harness.runner.scenario import Scenario
+    from celery_chaos.backends.local import SharedBrokers
+    from celery_chaos.results import write_json
+    from celery_chaos.runner.app import AppUnderTest
+    from celery_chaos.runner.run import SPEC_FILE, _window_summary, resolved
+    from celery_chaos.runner.scenario import Scenario
 
     app = AppUnderTest.resolve(args.app, workload)
     brokers: Any = SharedBrokers(run_dir)
     if getattr(args, "chaos_backend", "local") == "compose":
-        from harness.backends.compose import ComposeSession
-        from harness.deployment.docker_engine import unavailable
+        from celery_chaos.backends.compose import ComposeSession
+        from celery_chaos.deployment.docker_engine import unavailable
 
         if (why := unavailable()) is not None:
             raise InfrastructureError(f"compose backend: {why}")
@@ -480,13 +480,13 @@ def _run_existing(args: argparse.Namespace, opts: LoadOptions, run_dir: Path, co
                   workload: Any) -> Any:
     from kombu.utils.url import maybe_sanitize_url
 
-    from harness.checks.verdict import Verdict, check_history
-    from harness.deployment.sampler import QueueDepthSampler
-    from harness.history.schema import Kind
-    from harness.history.store import HistoryWriter, read_history
-    from harness.results import ScenarioResult, write_json
-    from harness.runner.app import AppUnderTest
-    from harness.runner.scenario import process_env
+    from celery_chaos.checks.verdict import Verdict, check_history
+    from celery_chaos.deployment.sampler import QueueDepthSampler
+    from celery_chaos.history.schema import Kind
+    from celery_chaos.history.store import HistoryWriter, read_history
+    from celery_chaos.results import ScenarioResult, write_json
+    from celery_chaos.runner.app import AppUnderTest
+    from celery_chaos.runner.scenario import process_env
 
     queues = AppUnderTest.resolve(args.app, workload).queues  # task_routes' queues too
     sdir = run_dir / "scenarios" / "load"
@@ -548,10 +548,10 @@ EXISTING_NOTE = (
 
 def main(args: argparse.Namespace) -> int:
     """Run ``celery-chaos load``; return the exit code (0, 1 or 2)."""
-    from harness.checks.queue import QueueCounts
-    from harness.load.workload import load_workload
-    from harness.report.html import write_index
-    from harness.results import (
+    from celery_chaos.checks.queue import QueueCounts
+    from celery_chaos.load.workload import load_workload
+    from celery_chaos.report.html import write_index
+    from celery_chaos.results import (
         RunVerdict,
         exit_code_for,
         new_run_dir,
@@ -559,8 +559,8 @@ def main(args: argparse.Namespace) -> int:
         versions,
         write_json,
     )
-    from harness.runner.app import SAMPLE_WORKLOAD as DEFAULT_WORKLOAD
-    from harness.runner.app import AppUnderTest
+    from celery_chaos.runner.app import SAMPLE_WORKLOAD as DEFAULT_WORKLOAD
+    from celery_chaos.runner.app import AppUnderTest
 
     opts = validate(args)
     command = "celery-chaos load " + " ".join(shlex.quote(a) for a in args.argv)

@@ -1,7 +1,7 @@
 """Live progress of a long run: the scenario, its phase and its figures every few seconds.
 
 A :class:`Progress` thread reads the scenario's history incrementally (its own cursor on the
-:class:`~harness.history.reader.HistoryTail`) and hands one plain line to ``emit`` every
+:class:`~celery_chaos.history.reader.HistoryTail`) and hands one plain line to ``emit`` every
 ``interval`` seconds: published (acknowledged), completed, failed, the broker's last ready
 count, and the fault windows open now. Plain lines suit both a terminal and a CI log.
 """
@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.checks.liveness import ready_total
-from harness.history.reader import HistoryTail, TailCursor
-from harness.history.schema import Kind, Record
+from celery_chaos.checks.liveness import ready_total
+from celery_chaos.history.reader import HistoryTail, TailCursor
+from celery_chaos.history.schema import Kind, Record
 
 
 @dataclass

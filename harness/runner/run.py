@@ -1,4 +1,4 @@
-"""The one runner: a :class:`~harness.spec.model.ScenarioSpec` executed on a scenario.
+"""The one runner: a :class:`~celery_chaos.spec.model.ScenarioSpec` executed on a scenario.
 
 ``run_spec`` deploys what the spec describes on the scenario's backend, starts the main
 load, runs the fault schedule (every step in a thread of its own, windows recorded in the
@@ -11,16 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.checks.registry import UnknownChecker, rebuild
-from harness.checks.verdict import InvariantResult
-from harness.deployment.netns import netns_unavailable
-from harness.errors import UsageError
-from harness.faults.context import Window
-from harness.faults.schedule import ScheduleRun
-from harness.history.schema import Record
-from harness.results import ScenarioResult, write_json
-from harness.runner.scenario import Scenario
-from harness.spec.model import ScenarioSpec
+from celery_chaos.checks.registry import UnknownChecker, rebuild
+from celery_chaos.checks.verdict import InvariantResult
+from celery_chaos.deployment.netns import netns_unavailable
+from celery_chaos.errors import UsageError
+from celery_chaos.faults.context import Window
+from celery_chaos.faults.schedule import ScheduleRun
+from celery_chaos.history.schema import Record
+from celery_chaos.results import ScenarioResult, write_json
+from celery_chaos.runner.scenario import Scenario
+from celery_chaos.spec.model import ScenarioSpec
 
 SPEC_FILE = "spec.json"
 

@@ -1,6 +1,6 @@
 """One scenario's deployment, load, faults and verdict: the imperative API.
 
-The runner (:mod:`harness.runner.run`) drives a :class:`Scenario` from a spec; users' own
+The runner (:mod:`celery_chaos.runner.run`) drives a :class:`Scenario` from a spec; users' own
 tests drive one through the ``chaos`` pytest fixture::
 
     def test_kill(chaos):
@@ -11,9 +11,9 @@ tests drive one through the ``chaos`` pytest fixture::
         result = chaos.check()
         assert result.verdict == "valid"
 
-Both inject faults through the one vocabulary (:mod:`harness.faults.vocabulary`) and record
-their windows in one place (:func:`harness.faults.schedule.open_window`). The deployment
-itself lives in a backend (:class:`harness.backends.local.LocalBackend`).
+Both inject faults through the one vocabulary (:mod:`celery_chaos.faults.vocabulary`) and record
+their windows in one place (:func:`celery_chaos.faults.schedule.open_window`). The deployment
+itself lives in a backend (:class:`celery_chaos.backends.local.LocalBackend`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 from celery import Celery
 
-from harness.backends.local import SharedBrokers
-from harness.checks.beat import (
+from celery_chaos.backends.local import SharedBrokers
+from celery_chaos.checks.beat import (
     BEAT_READY,
     BEAT_STARTED,
     BEAT_STOPPED,
@@ -40,18 +40,23 @@ from harness.checks.beat import (
     BeatSchedule,
     beat_metrics,
 )
-from harness.checks.queue import recovery_time
-from harness.checks.results import RESULT_STATES, needs_result_states, task_ids
-from harness.checks.verdict import Checker, Verdict, check_history, spec_of
-from harness.deployment.app_loader import CONF_ENV, apply_harness_config, load_app, merge_settings
-from harness.deployment.beat import read_dump, spawn_dump
-from harness.deployment.drain import drain
-from harness.deployment.sampler import QueueDepthSampler
-from harness.deployment.workers import Beat, Worker
-from harness.errors import InfrastructureError
-from harness.faults.context import Window
-from harness.faults.schedule import aged, close_window, open_window
-from harness.faults.vocabulary import (
+from celery_chaos.checks.queue import recovery_time
+from celery_chaos.checks.results import RESULT_STATES, needs_result_states, task_ids
+from celery_chaos.checks.verdict import Checker, Verdict, check_history, spec_of
+from celery_chaos.deployment.app_loader import (
+    CONF_ENV,
+    apply_harness_config,
+    load_app,
+    merge_settings,
+)
+from celery_chaos.deployment.beat import read_dump, spawn_dump
+from celery_chaos.deployment.drain import drain
+from celery_chaos.deployment.sampler import QueueDepthSampler
+from celery_chaos.deployment.workers import Beat, Worker
+from celery_chaos.errors import InfrastructureError
+from celery_chaos.faults.context import Window
+from celery_chaos.faults.schedule import aged, close_window, open_window
+from celery_chaos.faults.vocabulary import (
     Bandwidth,
     CrashBroker,
     KillBeat,
@@ -63,17 +68,17 @@ from harness.faults.vocabulary import (
     PauseWorker,
     StopBroker,
 )
-from harness.faults.vocabulary import Load as LoadOp
-from harness.history.reader import HistoryTail
-from harness.history.schema import Kind, Record
-from harness.history.store import HISTORY_DIR_ENV, HistoryWriter
-from harness.load.publisher import Publisher
-from harness.load.runner import LoadRun
-from harness.load.workload import TaskSpec, Workload, parse_workload
-from harness.results import ScenarioResult, safe_name, write_json
-from harness.runner.app import AppUnderTest
-from harness.runner.describe import annotate
-from harness.spec.model import DeploymentSpec
+from celery_chaos.faults.vocabulary import Load as LoadOp
+from celery_chaos.history.reader import HistoryTail
+from celery_chaos.history.schema import Kind, Record
+from celery_chaos.history.store import HISTORY_DIR_ENV, HistoryWriter
+from celery_chaos.load.publisher import Publisher
+from celery_chaos.load.runner import LoadRun
+from celery_chaos.load.workload import TaskSpec, Workload, parse_workload
+from celery_chaos.results import ScenarioResult, safe_name, write_json
+from celery_chaos.runner.app import AppUnderTest
+from celery_chaos.runner.describe import annotate
+from celery_chaos.spec.model import DeploymentSpec
 
 BrokerKind = Literal["rabbitmq", "redis"]
 
@@ -330,7 +335,7 @@ class Scenario:
         """A worker by node name (``w1@chaos``) or short name (``w1``)."""
         return self.backend.worker(name)
 
-    # -- the fault interface (harness.faults.context.Deployment) ---------------------------
+    # -- the fault interface (celery_chaos.faults.context.Deployment) ---------------------------
 
     def worker_names(self) -> list[str]:
         return list(self.workers)
@@ -830,7 +835,7 @@ class FaultsApi:
 class NetApi:
     """``chaos.net``: link faults through the Toxiproxy API; ``heal()`` ends every one.
 
-    Works on any :class:`~harness.faults.context.Deployment` that has links (it needs only
+    Works on any :class:`~celery_chaos.faults.context.Deployment` that has links (it needs only
     ``writer``, ``select_links`` and ``link_api``)."""
 
     def __init__(self, dep: Any) -> None:

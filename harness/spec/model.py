@@ -15,9 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.errors import UsageError
-from harness.faults.schedule import Schedule, Step
-from harness.faults.vocabulary import Load
+from celery_chaos.errors import UsageError
+from celery_chaos.faults.schedule import Schedule, Step
+from celery_chaos.faults.vocabulary import Load
 
 SPEC_VERSION = 1
 Expect = Literal["valid", "invalid"]
@@ -92,7 +92,7 @@ class DeploymentSpec(BaseModel):
 
 
 class CheckSpec(BaseModel):
-    """A checker of :mod:`harness.checks.registry` with its parameters (``${step}`` allowed)."""
+    """A checker of :mod:`celery_chaos.checks.registry`, its parameters (``${step}`` allowed)."""
 
     model_config = ConfigDict(extra="forbid")
 

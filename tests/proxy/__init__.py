@@ -1,1 +1,1 @@
-"""Tests for the embedded Toxiproxy-compatible fault proxy (harness.faults.proxy)."""
+"""Tests for the embedded Toxiproxy-compatible fault proxy (celery_chaos.faults.proxy)."""

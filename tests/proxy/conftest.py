@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from harness.faults.proxy import ProxyServer, ToxiproxyClient
+from celery_chaos.faults.proxy import ProxyServer, ToxiproxyClient
 
 from .servers import TcpServer, blast, echo
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from harness.faults.proxy import ProxyServer
+from celery_chaos.faults.proxy import ProxyServer
 
 from .conftest import PREFIX
 from .servers import TcpServer, can_connect, connect

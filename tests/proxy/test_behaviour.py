@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from harness.faults.proxy import ProxyServer, ToxiproxyClient
-from harness.faults.proxy.link import Sink
+from celery_chaos.faults.proxy import ProxyServer, ToxiproxyClient
+from celery_chaos.faults.proxy.link import Sink
 
 from .servers import (
     TcpServer,
@@ -610,7 +610,7 @@ def test_bytes_read_before_upstream_connects_are_kept(
     """Debian 12's Python 3.11.2 reads a new socket once even though the protocol paused it in
     connection_made: bytes that arrive before the upstream connection is up reach it later
     (they were dropped, and a client's first message with them: seen in the compose image)."""
-    from harness.faults.proxy import link
+    from celery_chaos.faults.proxy import link
 
     made = link.Connection.side_made
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.errors import InfrastructureError
-from harness.faults.proxy import ProxyInfo, ToxicInfo, ToxiproxyClient, ToxiproxyError
-from harness.faults.proxy.client import parse_version
+from celery_chaos.errors import InfrastructureError
+from celery_chaos.faults.proxy import ProxyInfo, ToxicInfo, ToxiproxyClient, ToxiproxyError
+from celery_chaos.faults.proxy.client import parse_version
 
 from .conftest import PREFIX
 

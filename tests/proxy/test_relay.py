@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from harness.faults.proxy import ProxyServer, ToxiproxyClient
-from harness.faults.proxy import relay as relays
-from harness.faults.proxy.link import Connection
+from celery_chaos.faults.proxy import ProxyServer, ToxiproxyClient
+from celery_chaos.faults.proxy import relay as relays
+from celery_chaos.faults.proxy.link import Connection
 
 from .servers import TcpServer, connect, pattern, recv_exactly
 

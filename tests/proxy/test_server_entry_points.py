@@ -1,4 +1,4 @@
-"""Entry points: ``run()`` / ``python -m harness.faults.proxy`` and ``ProxyServer``."""
+"""Entry points: ``run()`` / ``python -m celery_chaos.faults.proxy`` and ``ProxyServer``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness.errors import InfrastructureError, UsageError
-from harness.faults.proxy import ProxyServer, ToxiproxyClient, run
+from celery_chaos.errors import InfrastructureError, UsageError
+from celery_chaos.faults.proxy import ProxyServer, ToxiproxyClient, run
 
 from .servers import can_connect
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def spawn(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "harness.faults.proxy", *args],
+        [sys.executable, "-m", "celery_chaos.faults.proxy", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.errors import UsageError
-from harness.faults.proxy.gojson import (
+from celery_chaos.errors import UsageError
+from celery_chaos.faults.proxy.gojson import (
     DecodeError,
     Float32,
     decode_struct,
@@ -18,10 +18,10 @@ from harness.faults.proxy.gojson import (
     format_float32,
     loads_first,
 )
-from harness.faults.proxy.link import split_host_port
-from harness.faults.proxy.proxies import canonical_listen
-from harness.faults.proxy.server import check_port
-from harness.faults.proxy.toxics import (
+from celery_chaos.faults.proxy.link import split_host_port
+from celery_chaos.faults.proxy.proxies import canonical_listen
+from celery_chaos.faults.proxy.server import check_port
+from celery_chaos.faults.proxy.toxics import (
     PIPES,
     TIMED_OUT,
     Chunk,

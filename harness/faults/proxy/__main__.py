@@ -1,4 +1,4 @@
-"""``python -m harness.faults.proxy [--host H] [--port P] [--config FILE]``: serve the API in
+"""``python -m celery_chaos.faults.proxy [--host H] [--port P] [--config FILE]``: serve the API in
 the foreground."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ChaosError, UsageError
+from celery_chaos.errors import ChaosError, UsageError
 
 from .server import DEFAULT_HOST, DEFAULT_PORT, check_port, run
 
@@ -36,7 +36,7 @@ def read_config(path: Path | None) -> list[dict[str, Any]] | None:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run the server; a bad argument is a one-line error, not a traceback."""
     parser = argparse.ArgumentParser(
-        prog="python -m harness.faults.proxy",
+        prog="python -m celery_chaos.faults.proxy",
         description="Embedded Toxiproxy-compatible fault proxy (HTTP API plus TCP proxies).",
     )
     # Toxiproxy's own flag spellings (-host=, -port=, -config=) work too, so this server can

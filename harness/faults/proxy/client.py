@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import requests
 
-from harness.errors import InfrastructureError
+from celery_chaos.errors import InfrastructureError
 
 from .toxics import check_attributes
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from harness.errors import InfrastructureError, UsageError
+from celery_chaos.errors import InfrastructureError, UsageError
 
 from .gojson import DecodeError, decode_struct, dumps, json_kind, loads_first
 from .proxies import (

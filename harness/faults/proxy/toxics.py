@@ -58,7 +58,7 @@ Item = Chunk | None  # None is the end-of-stream marker
 
 
 class StubAPI(Protocol):
-    """What a pipe function may use (implemented by :class:`harness.faults.proxy.link.Stub`)."""
+    """What a pipe function may use (:class:`celery_chaos.faults.proxy.link.Stub`)."""
 
     state: Any
 
