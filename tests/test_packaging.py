@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ FOLDERS = {"celery_chaos": ROOT / "harness", "celery_chaos.sample_app": ROOT / "
 def test_package_list_matches_the_folders() -> None:
     """Every folder with an ``__init__.py`` is listed (a new subpackage would be left out of
     the wheel, silently), under the one mapping ``package-dir`` gives."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert conf["package-dir"] == {name: path.name for name, path in FOLDERS.items()}
     found = set()
@@ -159,7 +159,8 @@ def test_wheel_in_a_fresh_venv_runs_the_catalog_on_a_users_project(tmp_path: Pat
     # against their app, and their own test is not collected.
     run = _run([bin_ / "celery-chaos", "run", "--chaos-app", "shop.tasks:app",
                 "--chaos-workload", "workload.yaml", "--chaos-reports", "reports",
-                "-k", "rabbitmq_acks_late_survives_kill-main or rabbitmq_early_ack_loses_tasks-main",
+                "-k",
+                "rabbitmq_acks_late_survives_kill-main or rabbitmq_early_ack_loses_tasks-main",
                 "-q", "-p", "no:cacheprovider"], project, 300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert not (project / "own-test-ran").exists(), "the user's own test was collected"
