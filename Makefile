@@ -1,6 +1,7 @@
 # celery-chaos: `make demo` runs the scenario catalog and writes an HTML report;
-# `make test` runs every test. Both set themselves up first (scripts/setup.sh).
-.PHONY: setup demo test test-compose lint unit scenarios bench clean
+# `make test` runs the tests (every one when CI is set, as CI sets it). Both set themselves
+# up first (scripts/setup.sh).
+.PHONY: setup demo test test-all test-slow test-compose lint unit scenarios bench clean
 
 VENV := .venv/bin
 # Gives the command a Docker engine (a private one, no bridge, when DOCKER_HOST is unset or
@@ -26,11 +27,29 @@ scenarios: setup
 	$(VENV)/pytest scenarios -q
 
 # Two pytest-xdist workers, a test file each at a time: scenarios mostly wait on brokers
-# and fault windows, so two share 2 cores well (about 9 minutes instead of 15). The long
-# scenario files come first, so the short library files fill the gaps at the end.
+# and fault windows, so two share 2 cores well. The long scenario files come first, so the
+# short library files fill the gaps at the end.
+PYTEST := $(VENV)/pytest scenarios tests -q -p no:cacheprovider -n 2 --dist loadfile
+
+# With CI set (CI=true, as CI runs .ci/run): every test, the compose subset on a private
+# Docker engine included (test-all). Without it: the quick tier, every test but those marked
+# `slow` (the long scenarios and end-to-end runs: catalog specs with `marks: [slow]`) and
+# `compose`, with no engine to start.
+ifneq ($(filter true 1 yes,$(CI)),)
+test: test-all
+else
 test: setup
 	$(VENV)/ruff check .
-	$(ENGINE) -- $(VENV)/pytest scenarios tests -q -p no:cacheprovider -n 2 --dist loadfile
+	$(PYTEST) -m "not slow and not compose"
+endif
+
+test-all: setup
+	$(VENV)/ruff check .
+	$(ENGINE) -- $(PYTEST)
+
+# The tier the quick run leaves out.
+test-slow: setup
+	$(ENGINE) -- $(PYTEST) -m "slow or compose"
 
 # The compose subset alone (scenarios/test_compose*.py, tests/test_compose_file.py); an
 # engine that cannot start is exit 2 here.

@@ -137,7 +137,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "negative_control: a scenario spec that declares `expect: invalid`"
     )
-    config.addinivalue_line("markers", "slow: a scenario on a slow real timer")
+    config.addinivalue_line(
+        "markers", "slow: a long scenario or end-to-end run; `make test` runs it only in CI"
+    )
     config.addinivalue_line("markers", "compose: a scenario on the compose backend (containers)")
     config._chaos = ChaosSession(config)  # type: ignore[attr-defined]
 

@@ -202,6 +202,7 @@ def early_audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     return proc, run_dir
 
 
+@pytest.mark.slow
 def test_defaults_lose_tasks_and_the_fix_holds(early_audit: tuple[Any, Path]) -> None:
     proc, run_dir = early_audit
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -227,6 +228,7 @@ def test_defaults_lose_tasks_and_the_fix_holds(early_audit: tuple[Any, Path]) ->
     assert verdict["exit_code"] == 1
 
 
+@pytest.mark.slow
 def test_an_already_safe_app_exits_0(tmp_path: Path) -> None:
     proc, run_dir = audit(tmp_path, "--chaos-app", "tests.auditapp.safe:app",
                           "--chaos-workload", str(WORKLOAD), "--tasks", "24")
@@ -240,6 +242,7 @@ def test_an_already_safe_app_exits_0(tmp_path: Path) -> None:
     assert proc.stdout.strip().splitlines()[-1].startswith("celery-chaos audit: SAFE")
 
 
+@pytest.mark.slow
 def test_tasks_too_short_to_strike_are_not_applicable(tmp_path: Path) -> None:
     proc, run_dir = audit(tmp_path, "--chaos-app", "tests.auditapp.early:app",
                           "--chaos-workload", str(ROOT / "tests" / "auditapp" / "fast.yaml"),
@@ -282,6 +285,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], words
 # In CI the set-up installs Chromium, so a missing one there is a failure, not a skip.
 @pytest.mark.skipif(find_chromium() is None and os.environ.get("CI") != "true",
                     reason="chromium is not installed (scripts/setup.sh installs it)")
+@pytest.mark.slow
 def test_scorecard_in_headless_chromium(early_audit: tuple[Any, Path]) -> None:
     _, run_dir = early_audit
     with Chromium(timeout=60) as browser:

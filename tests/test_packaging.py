@@ -129,7 +129,7 @@ def _run(cmd: list[str | Path], cwd: Path, timeout: float) -> subprocess.Complet
                           text=True, timeout=timeout)
 
 
-@pytest.mark.chaos
+@pytest.mark.slow
 def test_wheel_in_a_fresh_venv_runs_the_catalog_on_a_users_project(tmp_path: Path) -> None:
     venv = _fresh_venv(tmp_path)
     project = _user_project(tmp_path)

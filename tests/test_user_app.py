@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_worker_kill_scenarios_run_on_a_user_app(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     cmd = [

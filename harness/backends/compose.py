@@ -18,8 +18,8 @@ monotonic clock is the host's, the SMTP sink and HTTP server on the host's loopb
 reachable, and nothing ever listens beyond 127.0.0.1 or needs a Docker network.
 
 Not on this backend (the scenario is skipped, saying why): packet-level networks (the
-namespaces are the local backend's) and a RabbitMQ node of the scenario's own
-(``broker_group``/``broker_config``).
+namespaces are the local backend's), a RabbitMQ node of the scenario's own
+(``broker_group``/``broker_config``) and a Redis broker's own options (``broker_config``).
 """
 
 from __future__ import annotations
@@ -544,7 +544,8 @@ def unsupported(deployment: Any) -> str | None:
     if deployment.network == "netns":
         return "packet-level networks run on the local backend (network namespaces)"
     if deployment.broker_group != "shared" or deployment.broker_config:
-        return "a RabbitMQ node of the scenario's own (broker_group/broker_config) is local-only"
+        return ("a RabbitMQ node of the scenario's own (broker_group/broker_config) or a Redis "
+                "broker's own options (broker_config) are local-only")
     return None
 
 
@@ -752,6 +753,9 @@ class ComposeBackend(LocalBackend):
         config: dict[str, str] | None = None,
     ) -> None:
         if kind == "redis":
+            if config:
+                raise BackendError("the compose backend runs Redis brokers with the image's "
+                                   "defaults: no broker_config")
             self.broker_kind = kind
             service, port = f"{self.prefix}-redis", free_port()
             self.add_service(service, {

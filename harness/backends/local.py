@@ -193,6 +193,18 @@ class SharedBrokers:
         self._redis = None
 
 
+def revoke_tasks(broker_url: str, task_ids: list[str], *, timeout: float,
+                 workers: int) -> list[str]:
+    """Broadcast a revoke of ``task_ids`` on ``broker_url``; the nodes that confirmed."""
+    app = Celery("chaos-control", broker=broker_url, set_as_current=False)
+    try:
+        replies = app.control.revoke(task_ids, reply=True, timeout=timeout,
+                                     limit=workers or None)
+    finally:
+        app.close()
+    return sorted(node for reply in replies or [] for node in reply)
+
+
 class LocalBackend:
     """One scenario's deployment as local processes (the backend interface's first kind)."""
 
@@ -228,23 +240,27 @@ class LocalBackend:
         """A packet-level network: the nodes started after this run in namespaces."""
         self.net = Topology(self.dir / "netns", sysctls).start()
 
-    def _start_in_hub(self, kind: str, persistence: str) -> None:
+    def _start_in_hub(self, kind: str, persistence: str,
+                      config: dict[str, str] | None = None) -> None:
         """The scenario's own broker in the hub namespace, reached through a relay (for
-        RabbitMQ, with a Redis of its own there for results)."""
+        RabbitMQ, with a Redis of its own there for results); ``config``: the broker's
+        ``broker_config``."""
         assert self.net is not None
         net, hub = self.net, self.net.address(HUB)
 
-        def redis_in_hub(name: str, persistence: str) -> RedisServer:
+        def redis_in_hub(name: str, persistence: str,
+                         config: dict[str, str] | None = None) -> RedisServer:
             port = free_port()
             return redis_server(
-                self.dir.resolve(), name=name, persistence=persistence, port=port,
+                self.dir.resolve(), name=name, persistence=persistence, config=config,
+                port=port,
                 prefix=net.prefix(HUB), bind=["127.0.0.1", hub],
                 access=("127.0.0.1", net.expose(HUB, port)),
             )
 
         self.own_broker = True
         if kind == "redis":
-            self.broker = redis_in_hub("redis", persistence).start()
+            self.broker = redis_in_hub("redis", persistence, config).start()
             self.broker_url, self.backend_url = self.broker.url(0), self.broker.url(1)
             self._ns_urls[self.broker_url] = self.broker.url_at(hub, 0)
             self._ns_urls[self.backend_url] = self.broker.url_at(hub, 1)
@@ -252,7 +268,7 @@ class LocalBackend:
         port = free_port()
         self.broker = rabbitmq_server(
             self.dir.resolve(), port, prefix=net.prefix(HUB), listen="0.0.0.0",
-            access=("127.0.0.1", net.expose(HUB, port)),
+            access=("127.0.0.1", net.expose(HUB, port)), config=config,
         )
         self.results = redis_in_hub("redis-results", "none")
         in_parallel([self.broker.start, self.results.start])
@@ -272,14 +288,15 @@ class LocalBackend:
         if kind not in ("rabbitmq", "redis"):
             raise BackendError(f"unknown broker {kind!r}: use rabbitmq or redis")
         if self.net is not None:
-            self._start_in_hub(kind, persistence)
+            self._start_in_hub(kind, persistence, config)
         elif kind == "rabbitmq":
             self.broker = self.brokers.rabbitmq(group, config)
             self.vhost = self.brokers.new_vhost(name, group)
             self.broker_url = self.broker.url(self.vhost)
             self.backend_url = self.brokers.results_redis().url(1)
         elif kind == "redis":
-            self.broker = redis_server(self.dir.resolve(), persistence=persistence)
+            self.broker = redis_server(self.dir.resolve(), persistence=persistence,
+                                       config=config)
             self.own_broker = True
             self.broker.start()
             self.broker_url = self.broker.url(0)
@@ -403,6 +420,11 @@ class LocalBackend:
                 app.control.cancel_consumer(queue, destination=names, reply=True, timeout=2)
         finally:
             app.close()
+
+    def revoke(self, task_ids: list[str], *, timeout: float, workers: int) -> list[str]:
+        """Revoke ``task_ids`` (Celery remote control, a broadcast): the nodes that confirmed
+        within ``timeout`` (at most ``workers`` replies are awaited)."""
+        return revoke_tasks(self.broker_url, task_ids, timeout=timeout, workers=workers)
 
     # -- nodes -----------------------------------------------------------------------------
 

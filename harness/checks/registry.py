@@ -1,9 +1,10 @@
 """Rebuild a scenario's invariants from the specs stored in its ``result.json``.
 
 Each checker factory (``no_hung_tasks``, ``resume_consuming``, ``publish_bounded``,
-``retry_policy``, ``beat``, ``results_stored``) tags what it returns with its name and JSON
-parameters (:func:`celery_chaos.checks.verdict.with_spec`); ``Scenario.check`` stores them as
-``result.checkers`` and ``celery-chaos analyze`` rebuilds them here to re-judge a history.
+``retry_policy``, ``beat``, ``results_stored``, ``revoked_never_run``) tags what it returns
+with its name and JSON parameters (:func:`celery_chaos.checks.verdict.with_spec`);
+``Scenario.check`` stores them as ``result.checkers`` and ``celery-chaos analyze`` rebuilds them
+here to re-judge a history.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from celery_chaos.checks.retries import (
     policy_from_json,
     retry_policy,
 )
+from celery_chaos.checks.revokes import revoked_never_run
 from celery_chaos.checks.verdict import Checker
 
 
@@ -40,6 +42,7 @@ _FACTORIES: dict[str, Any] = {
     "beat": lambda p: beat_checker(**p),
     "retry_policy": _retry_policy,
     "results_stored": lambda p: results_stored(**p),
+    "revoked_never_run": lambda p: revoked_never_run(**p),
 }
 
 

@@ -472,6 +472,22 @@ PERSISTENCE_ARGS: dict[str, list[str]] = {
     "aof-always": ["--save", "", "--appendonly", "yes", "--appendfsync", "always"],
     "default": [],  # Redis 7 built-in defaults: save 3600 1 300 100 60 10000, appendonly no
 }
+#: Redis options the harness sets itself (where the server listens and keeps its data, and
+#: its persistence, which ``persistence`` chooses): a ``config`` may not give them.
+REDIS_HARNESS_OPTIONS = frozenset({
+    "port", "bind", "protected-mode", "dir", "daemonize", "logfile", "set-proc-title",
+    "save", "appendonly", "appendfsync", "include", "unixsocket", "requirepass", "tls-port",
+})
+
+
+def redis_config_args(config: Mapping[str, str]) -> list[str]:
+    """``redis-server`` arguments for ``config`` (``{"maxmemory": "2mb"}`` ->
+    ``["--maxmemory", "2mb"]``); an option the harness sets itself raises ValueError."""
+    taken = sorted(set(config) & REDIS_HARNESS_OPTIONS)
+    if taken:
+        raise ValueError(f"Redis option(s) {', '.join(taken)} are set by the harness "
+                         "(persistence: redis_persistence), not by broker_config")
+    return [arg for key, value in config.items() for arg in (f"--{key}", str(value))]
 
 
 class RedisServer:
@@ -480,7 +496,8 @@ class RedisServer:
 
     ``persistence``: ``"none"`` (``--save '' --appendonly no``: nothing survives a restart),
     ``"aof-always"`` (``--appendonly yes --appendfsync always``, RDB off), ``"default"``
-    (Redis 7's built-in RDB save points, no AOF).
+    (Redis 7's built-in RDB save points, no AOF). ``config``: more options, given on the
+    command line (``{"maxmemory": "2mb", "maxmemory-policy": "noeviction"}``).
     """
 
     kind = "redis"
@@ -492,6 +509,7 @@ class RedisServer:
         port: int | None = None,
         *,
         name: str = "redis",
+        config: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
         executable: str = "redis-server",
         search_path: str | None = None,
@@ -510,7 +528,8 @@ class RedisServer:
             raise ValueError(f"persistence must be one of {sorted(PERSISTENCE_ARGS)}")
         self.persistence = persistence
         self.base_dir = Path(run_dir) / name
-        self.extra_args = list(extra_args)
+        self.config = dict(config or {})
+        self.extra_args = [*redis_config_args(self.config), *extra_args]
         self.start_timeout = start_timeout
         self._bin = _which(executable, search_path, "redis-server")
         self._requested_port = port

@@ -24,7 +24,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from celery_chaos.checks.revokes import REVOKE_RECORD
 from celery_chaos.faults.context import Deployment, Window
+from celery_chaos.history.schema import Kind
 
 Category = Literal["fault", "action"]
 
@@ -747,6 +749,41 @@ class PublishEncoded(_Action):
     def apply(self, dep: Deployment, window: Window) -> None:
         window.task_ids = dep.publish_encoded_now(self.task, self.args, self.count,
                                                   self.serializer)
+
+
+@register
+class Revoke(_Action):
+    """Revoke tasks through Celery's remote control (``app.control.revoke``, broadcast
+    straight to the broker): each worker that gets it adds the ids to its revoked set, in
+    memory only unless it runs with ``worker_state_db``. ``tasks``: ids, or an earlier
+    ``publish`` step's ``${step.tasks}``.
+
+    Waits up to ``timeout`` s for the workers' replies, then writes a ``deployment`` record
+    named ``revoke`` (``detail``: ``tasks``, ``replied``, the nodes that confirmed): the point
+    after which ``revoked_never_run`` calls a start of those tasks a violation. The step's
+    ``task_ids`` are the revoked ids.
+    """
+
+    op: Literal["revoke"] = "revoke"
+    tasks: list[str] = Field(min_length=1, description="task ids, or ${step.tasks}")
+    #: Seconds to wait for the workers' replies.
+    timeout: float = Field(2.0, gt=0)
+    label: ClassVar[str] = "revoke tasks by id through remote control (${step.tasks} of a publish)"
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    def target(self) -> str:
+        return "workers"
+
+    def apply(self, dep: Deployment, window: Window) -> None:
+        replied = dep.revoke(list(self.tasks), timeout=self.timeout)
+        window.task_ids = list(self.tasks)
+        window.detail.update(tasks=list(self.tasks), replied=replied)
+        dep.writer.write(Kind.DEPLOYMENT, name=REVOKE_RECORD, target=self.target(),
+                         detail={"tasks": list(self.tasks), "replied": replied})
 
 
 @register

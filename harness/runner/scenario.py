@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from celery import Celery
+from celery.backends.redis import RedisBackend
 
 from celery_chaos.backends.local import SharedBrokers
 from celery_chaos.checks.beat import (
@@ -106,6 +107,10 @@ def _node(worker: Worker | str) -> str:
     if isinstance(worker, Worker):
         return worker.name
     return worker if "@" in worker else f"{worker}@chaos"
+
+
+#: In a setting's string value: the scenario's directory (a file of its own per run).
+SCENARIO_DIR = "{scenario_dir}"
 
 
 class Scenario:
@@ -232,7 +237,11 @@ class Scenario:
         """Start what ``spec`` describes (beats are registered; a step starts them)."""
         self.phase = "deploying"
         self.deployment = spec
-        self.settings = dict(spec.settings)
+        # A setting's string value may name the scenario's directory (`worker_state_db`).
+        self.settings = {
+            k: v.replace(SCENARIO_DIR, str(self.dir)) if isinstance(v, str) else v
+            for k, v in spec.settings.items()
+        }
         self.result.broker = spec.broker
         self.result.settings = self.settings
         self.result.expect = expect  # type: ignore[assignment]
@@ -355,6 +364,10 @@ class Scenario:
 
     def cancel_consumers(self, names: list[str] | None) -> None:
         self.backend.cancel_consumers(names or list(self.workers), self.app.queues)
+
+    def revoke(self, task_ids: list[str], *, timeout: float) -> list[str]:
+        """Revoke ``task_ids`` on every worker; the nodes that confirmed."""
+        return self.backend.revoke(task_ids, timeout=timeout, workers=len(self.workers))
 
     def worker_log(self, name: str) -> str:
         return self.backend.worker_log(name)
@@ -724,7 +737,9 @@ class Scenario:
     def record_result_states(self) -> None:
         """Read the state the result backend stores for every task of the history and write
         it as a ``result_states`` record (``detail.states``: id -> state or None; on a read
-        failure, ``detail.error``): what ``results_stored`` compares with the history."""
+        failure, ``detail.error``): what ``results_stored`` compares with the history. With
+        it ``detail.expires_s`` (the backend's ``result_expires``) and, on Redis,
+        ``detail.ttls`` (id -> the key's remaining TTL in s, None without a key or expiry)."""
         ids = task_ids(self.tail.history(include_partial=True))
         app = Celery("chaos-results", set_as_current=False)
         apply_harness_config(app, broker_url=self.broker_url, result_backend=self.backend_url,
@@ -733,12 +748,23 @@ class Scenario:
         try:
             backend = app.backend
             states: dict[str, str | None] = {}
+            ttls: dict[str, int | None] = {}
+            redis = backend.client if isinstance(backend, RedisBackend) else None
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
-                values = backend.mget([backend.get_key_for_task(t) for t in chunk])
+                keys = [backend.get_key_for_task(t) for t in chunk]
+                values = backend.mget(keys)
                 states.update({t: backend.decode_result(v)["status"] if v else None
                                for t, v in zip(chunk, values, strict=True)})
-            detail = {"states": states}
+                if redis is not None:
+                    pipe = redis.pipeline(transaction=False)
+                    for key in keys:
+                        pipe.ttl(key)
+                    ttls.update({t: s if s >= 0 else None  # -2: no key, -1: no expiry
+                                 for t, s in zip(chunk, pipe.execute(), strict=True)})
+            detail = {"states": states, "expires_s": getattr(backend, "expires", None)}
+            if redis is not None:
+                detail["ttls"] = ttls
         except Exception as exc:  # noqa: BLE001 - an unreadable backend is data: unknown
             detail = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
         finally:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from celery_chaos.deployment.brokers import redis_config_args
 from celery_chaos.errors import UsageError
 from celery_chaos.faults.schedule import Schedule, Step
 from celery_chaos.faults.vocabulary import Load
@@ -44,6 +45,8 @@ class DeploymentSpec(BaseModel):
     broker_group: str = "shared"
     #: RabbitMQ: ``rabbitmq.conf`` lines for the group's node (``{consumer_timeout: 3000}``);
     #: a node of its own, so every scenario of a ``broker_group`` must give the same ones.
+    #: Redis: ``redis-server`` options (``{maxmemory: 2mb, maxmemory-policy: noeviction}``)
+    #: for the scenario's server, which is always its own (no ``broker_group`` needed).
     broker_config: dict[str, str] = Field(default_factory=dict)
     #: Redis broker persistence: ``none`` (``--save ''``) or ``aof-always``.
     redis_persistence: Literal["none", "aof-always"] = "none"
@@ -73,9 +76,16 @@ class DeploymentSpec(BaseModel):
         if self.network == "netns" and self.proxied:
             raise ValueError("network: netns and proxied: true exclude each other: packet "
                              "faults need no proxy")
-        if self.broker_config and (self.broker != "rabbitmq" or self.broker_group == "shared"):
+        if self.broker_config and self.broker == "rabbitmq" and self.broker_group == "shared":
             raise ValueError("broker_config needs broker: rabbitmq and a broker_group of its "
-                             "own (the shared node keeps RabbitMQ's defaults)")
+                             "own (the shared node keeps RabbitMQ's defaults), or broker: redis "
+                             "(a server of the scenario's own)")
+        if self.broker == "redis":
+            for key in self.broker_config:
+                if not re.fullmatch(r"[a-z][a-z0-9-]*", key):
+                    raise ValueError(f"broker_config {key!r}: not a Redis option name "
+                                     "(maxmemory-policy)")
+            redis_config_args(self.broker_config)  # the harness's own options: ValueError
         if self.sysctls and self.network != "netns":
             raise ValueError("sysctls need network: netns (they are set in its namespaces)")
         for values in self.sysctls.values():
