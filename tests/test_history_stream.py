@@ -244,3 +244,15 @@ def test_a_stream_reads_again_each_time(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").unlink()
     with pytest.raises(FileNotFoundError):
         list(records)
+
+
+def test_files_without_records_before_one_do_not_shift_its_order(tmp_path: Path) -> None:
+    """Found by the property above: a record file after empty ones, two records of one
+    monotonic instant out of wall order. The file's index must fit its bits in the sort key
+    (they counted the files that have records only)."""
+    (tmp_path / "f0.jsonl").write_text("")
+    (tmp_path / "f1.jsonl").write_text("")
+    (tmp_path / "f2.jsonl").write_text(
+        line(rec("invoke", 0, 1, task_id="a")) + line(rec("invoke", 0, 0, task_id="a"))
+    )
+    assert [r.wall_ns for r in assert_same(tmp_path).records] == [0, 1]

@@ -596,7 +596,8 @@ class _Packing:
             mono0=mono0,
             wall0=wall0,
             wall_bits=(max(walls, default=0) - wall0).bit_length(),
-            file_bits=max(1, len(metas)).bit_length(),
+            # by the greatest file index: files without records are left out of ``metas``
+            file_bits=max((m.index for m in metas), default=1).bit_length(),
             line_bits=max((m.scan.lines for m in metas), default=0).bit_length(),
         )
 
