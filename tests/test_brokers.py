@@ -266,6 +266,7 @@ def test_port_clash_is_one_line_error(tmp_path: Path) -> None:
             assert server.processes == []  # nothing was started
 
 
+@pytest.mark.slow
 def test_a_node_that_lost_its_port_is_not_ready_on_another_nodes_login(tmp_path: Path) -> None:
     """Two runs that chose the same free port at once: the loser's node exits, and its start
     fails (to be tried again with fresh ports) instead of passing on the winner's login."""

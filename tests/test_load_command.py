@@ -195,6 +195,7 @@ def test_bad_input_is_one_line_exit_2(argv: list[str], tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
+@pytest.mark.slow
 def test_local_load_with_a_fault_and_two_locust_processes(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     proc = _cli(
@@ -265,6 +266,7 @@ def test_existing_deployment_is_publish_only(tmp_path: Path) -> None:
     assert "PUBLISH SIDE ONLY" in (run_dir / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_master_with_a_worker_started_from_the_printed_script(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     master = subprocess.Popen(

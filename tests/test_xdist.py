@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SCENARIOS = """
@@ -35,6 +37,7 @@ def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow
 def test_workers_join_one_run_directory(tmp_path: Path) -> None:
     (tmp_path / "test_two.py").write_text(SCENARIOS)
     reports = tmp_path / "reports"
@@ -82,6 +85,7 @@ def test_other(chaos):
 """
 
 
+@pytest.mark.slow
 def test_an_infrastructure_error_on_a_worker_is_exit_2_not_an_internal_error(
     tmp_path: Path,
 ) -> None:
