@@ -5,10 +5,11 @@ what is specific to it. The broker's connections stay open and nothing answers (
 RST: the silent peer a proxy cannot produce). Measured on Redis 7.0.15 / RabbitMQ 3.10.8 with
 Celery 5.7.0, kombu 5.7.0:
 
-- Redis frozen 8 s under load: without socket timeouts each publisher blocks until the thaw
-  (``publish_bounded`` flags it); with ``socket_timeout`` 1 s the publishes into the freeze
-  end ``info`` within about 3 s. The workers' BRPOPs get their replies at the thaw, and they
-  consume again at once; nothing is lost either way;
+- Redis frozen 8 s after a quiet second, publishes into it: without socket timeouts the
+  publisher blocks until the thaw (``publish_bounded`` flags it); with ``socket_timeout`` 1 s
+  the publishes into the freeze end ``info`` in about 3 s. The workers consume again at
+  once after the thaw; nothing is lost either way (a delivery in flight as the freeze lands
+  can be, with socket timeouts: see the spec's comment);
 - RabbitMQ frozen 10 s with ``broker_heartbeat=2``: the workers drop their connections
   ("Too many heartbeats missed", ~5 s in) and reconnect after the thaw; the acks of the 8 s
   acks_late naps running across the drop fail ("Couldn't ack") and the thawed node requeues
@@ -65,9 +66,9 @@ def _redis_frozen(run: ScenarioRun) -> None:
     assert run.result.verdict == run.spec.expect, _problems(run)
     if run.spec.expect == "valid":
         assert bounded.outcomes.get("info", 0) >= 1, bounded  # failed fast, not "ok"
-    else:  # the publisher blocked until the thaw: the freeze's length
+    else:  # the publisher blocked until the thaw (7.45-7.50 s: publishes 0.5 s into 8 s)
         assert run.invariant(PUBLISH).verdict == "invalid"
-        assert bounded.longest_s >= 7, bounded
+        assert bounded.longest_s >= 6, bounded
 
 
 def _rabbit_frozen(run: ScenarioRun) -> None:
