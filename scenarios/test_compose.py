@@ -35,7 +35,10 @@ SUBSET = [
     ("worker_kill", "redis_acks_late_recovers_after_visibility_timeout"),
     ("partition", "rabbitmq_partition_workers_resume"),
     ("beat", "two_beats_fire_every_tick_twice"),
-    ("beat", "beat_restart_fires_once-sync_every_1"),
+    # The graceful stop, not `-sync_every_1`: the app image's shelve (dbm.ndbm) loses the
+    # synced entry to a SIGKILL, and the restarted beat's fresh schedule fired the next tick
+    # 1.95 and 2.19 s late in two CI runs of three (docs/compose.md).
+    ("beat", "beat_restart_fires_once-graceful_stop"),
 ]
 JUDGES = {
     "worker_kill": test_worker_kill.test_worker_kill,
