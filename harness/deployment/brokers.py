@@ -2,9 +2,8 @@
 directory, that the harness can stop, crash and restart.
 
 Both classes satisfy :class:`Broker`. Every server process is a
-:class:`~celery_chaos.deployment.processes.ManagedProcess`,
-so the process registry tears it down even
-when the harness is interrupted.
+:class:`~celery_chaos.deployment.processes.ManagedProcess`, so the process registry tears it
+down even when the harness is interrupted.
 """
 
 from __future__ import annotations
